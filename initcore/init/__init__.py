@@ -1,0 +1,19 @@
+"""Init strategies by name, targeting parameter roles: ``apply(model, "xavier_uniform")``."""
+
+from initcore.init.functions import kaiming_normal_gain_, kaiming_uniform_gain_, lecun_normal_, trunc_normal_sigma_
+from initcore.init.strategies import (
+    RESIDUAL_OUT,
+    Context,
+    Strategy,
+    activation_gain,
+    apply,
+    describe,
+    get,
+    names,
+    register,
+)
+
+__all__ = [
+    "RESIDUAL_OUT", "Context", "Strategy", "activation_gain", "apply", "describe", "get", "names", "register",
+    "kaiming_normal_gain_", "kaiming_uniform_gain_", "lecun_normal_", "trunc_normal_sigma_",
+]
