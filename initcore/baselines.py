@@ -1,0 +1,293 @@
+"""Stored statistical baselines for `bench/`: summarize per-seed measurements, compare a new one
+against a band, and write `baselines/<experiment>.csv` atomically, safely under pytest-xdist.
+
+A row holds, for one (config, layer, statistic), the mean and sample std ("spread") across seeds,
+so the check is statistical rather than bit-exact: another seed, or CPU instead of CUDA, passes;
+a changed init scale, activation or residual fails. The device is never part of `config`.
+
+CSV columns: ``config, layer, statistic, mean, spread, n_seeds, scale``; with ``scale == "log"``
+mean and spread are of log(value). Rows are sorted naturally by key ("2" < "10") and floats are
+written as ``%.6g``, so diffs of baselines/ stay small and readable. Readers need no lock, since
+``os.replace`` shows them the old file or the new one. Writers serialize on ``<path>.lock``, which
+stays behind on purpose: deleting it would let two writers lock different inodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+KEY = ["config", "layer", "statistic"]
+COLUMNS = [*KEY, "mean", "spread", "n_seeds", "scale"]
+SCALES = ("linear", "log")
+UPDATE_COMMAND = "pytest bench --update-baselines"
+
+# Positive, scale-like statistics vary multiplicatively (a deeper layer is a product of gains), so
+# they are summarized and compared in log space: a statistic named exactly one of these words, or
+# ending in "_<word>" (act_std, grad_norm, out_rms, update_ratio). Everything else -- fractions in
+# [0, 1], signed means, correlations -- is linear.
+LOG_STATISTICS = ("std", "var", "norm", "rms", "ratio")
+
+# Band half-width, in spreads. (new - mean) / (s * sqrt(1 + 1/n)) is Student-t with n - 1 dof for a
+# new seed, which includes the uncertainty of s itself. With 8 seeds, P(|t_7| > K / 1.06) is 3e-5
+# for K = 10 (8e-4 for K = 6), so over 3000 spread-dominated numbers the suite expects 0.1 false
+# alarms (2.3 for K = 6). With 4 seeds it is 3e-3 per number: generate baselines with >= 8 seeds.
+# The price is sensitivity only where the seed spread is large; 10% more weight variance moves
+# layer-0 act_std by 5% (spread ~0.3% at width 512) and compounds with depth, which still fails.
+K = 10.0
+# Added to K * spread, for rows whose spread is ~0 (deterministic values, exact zeros):
+# 2% in log space is far above CPU/CUDA/TF32 rounding (1e-6..1e-3) and below the 5% shift above.
+REL_FLOOR = 0.02
+# One percentage point for fractions: a single stray unit out of >= 100 (a dead unit that none of
+# the baseline seeds happened to show) does not fail, while real regressions move fractions by tens
+# of points. The 6 significant digits written to the CSV are far below both floors.
+ABS_FLOOR = 0.01
+FLOAT_FORMAT = "%.6g"
+MAX_REPORTED_ROWS = 40
+
+
+class BaselineMissing(LookupError):
+    """No stored baseline for a configuration; the message says how to create one."""
+
+
+class BaselineMismatch(AssertionError):
+    """Measured statistics moved outside their baseline bands; `rows` holds the failing rows."""
+
+    def __init__(self, rows: pd.DataFrame, n_compared: int | None = None):
+        self.rows = rows
+        shown = rows.head(MAX_REPORTED_ROWS)
+        band = [
+            "-" if np.isnan(lo) and np.isnan(hi) else f"[{lo:.4g}, {hi:.4g}]"
+            for lo, hi in zip(shown["low"], shown["high"], strict=True)
+        ]
+        table = shown[[*KEY, "baseline", "measured"]].assign(band=band, problem=shown["problem"])
+        lines = [f"{len(rows)} of {n_compared or len(rows)} statistics moved from their baseline:"]
+        lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
+        if len(rows) > MAX_REPORTED_ROWS:
+            lines.append(f"… {len(rows) - MAX_REPORTED_ROWS} more")
+        lines.append(f"If the change is intended, run `{UPDATE_COMMAND}` and review the diff of baselines/.")
+        super().__init__("\n".join(lines))
+
+
+def default_scale(statistic: str) -> str:
+    """'log' for names in (or ending in '_' + a word of) LOG_STATISTICS, else 'linear'."""
+    word = statistic.rsplit("_", 1)[-1]
+    return "log" if word in LOG_STATISTICS else "linear"
+
+
+def summarize(
+    frames_by_seed: Sequence[pd.DataFrame],
+    config: str,
+    scale_for: Callable[[str], str] | Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Baseline rows for `config` from one tidy (layer, statistic, value) frame per seed.
+
+    `scale_for` maps a statistic name to 'log' or 'linear' (a dict falls back to `default_scale`).
+    Log needs positive values: a row with a zero, negative or NaN value is stored as linear.
+    With one seed the spread is unknown and stored as 0, so only the floors of `compare` apply.
+    """
+    if not frames_by_seed:
+        raise ValueError("summarize needs at least one frame (one per seed)")
+    overrides = dict(scale_for) if isinstance(scale_for, Mapping) else {}
+    rule = scale_for if callable(scale_for) else default_scale
+    parts = []
+    for frame in frames_by_seed:
+        frame = _strings(_require(frame, ["layer", "statistic", "value"], "a per-seed frame"))
+        if frame.duplicated(["layer", "statistic"]).any():
+            raise ValueError("a per-seed frame has duplicate (layer, statistic) rows")
+        parts.append(frame.astype({"value": float}))
+    rows = []
+    groups = pd.concat(parts, ignore_index=True).groupby(["layer", "statistic"], sort=False)
+    for (layer, statistic), values in groups["value"]:
+        v = values.to_numpy()
+        scale = _check_scale(overrides.get(statistic) or rule(statistic))
+        if scale == "log" and not (v > 0).all():
+            scale = "linear"
+        x = np.log(v) if scale == "log" else v
+        with np.errstate(invalid="ignore"):  # inf - inf in the spread of infinite values is NaN
+            spread = float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+        rows.append((config, layer, statistic, float(np.mean(x)), spread, len(x), scale))
+    return _normalize(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def compare(
+    measured: pd.DataFrame,
+    baseline: pd.DataFrame,
+    k: float = K,
+    rel_floor: float = REL_FLOOR,
+    abs_floor: float = ABS_FLOOR,
+) -> pd.DataFrame:
+    """One row per (config, layer, statistic): baseline, measured, allowed [low, high], ok, problem.
+
+    `measured` has columns config, layer, statistic, value. Log rows allow exp(mean ± tol) with
+    tol = k * spread + rel_floor; linear rows allow mean ± (k * spread + abs_floor). A non-finite
+    baseline only matches the same non-finite value. Rows of measured configs that only one side
+    has are not ok ("missing from baseline", "not measured"). A measured config absent from
+    `baseline` raises BaselineMissing.
+    """
+    measured = _strings(_require(measured, [*KEY, "value"], "measured")).astype({"value": float})
+    baseline = _normalize(baseline)
+    absent = sorted(set(measured["config"]) - set(baseline["config"]), key=_natural)
+    if absent:
+        raise BaselineMissing(
+            f"no baseline for configuration(s) {', '.join(map(repr, absent))}; "
+            f"run `{UPDATE_COMMAND}` to create it, then review and commit baselines/"
+        )
+    baseline = baseline[baseline["config"].isin(set(measured["config"]))]
+    m = measured.merge(baseline, on=KEY, how="outer", indicator=True)
+    log = (m["scale"] == "log").to_numpy()
+    mean, value = m["mean"].to_numpy(), m["value"].to_numpy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        tol = k * m["spread"].to_numpy() + np.where(log, rel_floor, abs_floor)
+        centre = np.where(log, np.exp(mean), mean)
+        low = np.where(log, np.exp(mean - tol), mean - tol)
+        high = np.where(log, np.exp(mean + tol), mean + tol)
+    finite = np.isfinite(mean)
+    same = (np.isnan(centre) & np.isnan(value)) | (centre == value)
+    problem = np.select(
+        [
+            m["_merge"] == "left_only",
+            m["_merge"] == "right_only",
+            finite & ~np.isfinite(value),
+            finite & ~((value >= low) & (value <= high)),
+            ~finite & ~same,
+        ],
+        ["missing from baseline", "not measured", "not finite", "outside band", "outside band"],
+        default="",
+    )
+    out = pd.DataFrame(
+        {
+            "config": m["config"],
+            "layer": m["layer"],
+            "statistic": m["statistic"],
+            "baseline": centre,
+            "measured": value,
+            "low": low,
+            "high": high,
+            "ok": problem == "",
+            "problem": problem,
+        }
+    )
+    return _sort(out)
+
+
+def assert_matches(measured: pd.DataFrame, baseline: pd.DataFrame, **kw) -> pd.DataFrame:
+    """`compare`, raising BaselineMismatch listing the failing rows if any row is not ok."""
+    result = compare(measured, baseline, **kw)
+    failed = result[~result["ok"]].reset_index(drop=True)
+    if len(failed):
+        raise BaselineMismatch(failed, n_compared=len(result))
+    return result
+
+
+def load(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a baseline CSV; key and scale columns stay strings (layer "0" is not an int)."""
+    frame = pd.read_csv(
+        path,
+        dtype={c: str for c in [*KEY, "scale"]} | {"mean": float, "spread": float},
+        keep_default_na=False,  # a layer named "" (the root module) or "None" stays a string
+        na_values={"mean": ["nan"], "spread": ["nan"]},
+    )
+    return _normalize(frame)
+
+
+def load_config(path: str | os.PathLike, config: str) -> pd.DataFrame:
+    """The rows of `config` in the file at `path`; BaselineMissing if file or config is absent."""
+    hint = f"run `{UPDATE_COMMAND}` to create it, then review and commit baselines/"
+    if not Path(path).exists():
+        raise BaselineMissing(f"no baseline file {path} (looking for {config!r}); {hint}")
+    frame = load(path)
+    rows = frame[frame["config"] == config].reset_index(drop=True)
+    if rows.empty:
+        raise BaselineMissing(f"no baseline for configuration {config!r} in {path}; {hint}")
+    return rows
+
+
+def update(path: str | os.PathLike, rows: pd.DataFrame) -> pd.DataFrame:
+    """Merge `rows` into the file, replacing all rows of their configs; return the file's frame.
+
+    Holds an exclusive flock on `<path>.lock` around read-merge-write, so parallel xdist workers
+    updating the same file lose nothing; output is sorted, so it does not depend on their order.
+    """
+    path = Path(path)
+    rows = _normalize(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            old = load(path) if path.exists() else rows.iloc[:0]
+            kept = old[~old["config"].isin(set(rows["config"]))]
+            merged = _normalize(pd.concat([kept, rows], ignore_index=True))
+            _write_atomic(path, merged)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return merged
+
+
+def _write_atomic(path: Path, frame: pd.DataFrame) -> None:
+    text = frame.to_csv(index=False, float_format=FLOAT_FORMAT, na_rep="nan", lineterminator="\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a committed file should be readable by all
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _require(frame: pd.DataFrame, columns: list[str], what: str) -> pd.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; required: {columns}")
+    return frame[columns]
+
+
+def _strings(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({c: str for c in KEY if c in frame.columns})
+
+
+def _check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    return scale
+
+
+def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = _strings(_require(frame, COLUMNS, "a baseline frame"))
+    frame = frame.astype({"mean": float, "spread": float, "n_seeds": "int64", "scale": str})
+    for scale in set(frame["scale"]):
+        _check_scale(scale)
+    duplicated = frame[frame.duplicated(KEY)]
+    if len(duplicated):
+        raise ValueError(f"duplicate baseline rows:\n{duplicated[KEY].to_string(index=False)}")
+    return _sort(frame)
+
+
+def _natural(text: str) -> tuple:
+    """Sort key with digit runs compared as numbers ("blocks.2" < "blocks.10"), ties by text."""
+    parts = re.split(r"(\d+)", text)  # text at even positions, digits at odd: types line up
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), text
+
+
+def _sort(frame: pd.DataFrame) -> pd.DataFrame:
+    keys = [tuple(_natural(v) for v in row) for row in frame[KEY].itertuples(index=False)]
+    order = sorted(range(len(frame)), key=keys.__getitem__)
+    return frame.iloc[order].reset_index(drop=True)

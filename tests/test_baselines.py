@@ -1,0 +1,257 @@
+"""Tests for initcore.baselines: hand-computed summaries and bands, messages, CSV layout, atomic and
+concurrent updates."""
+
+import math
+import multiprocessing
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from initcore import baselines as bl
+
+
+def seed_frame(values: dict[tuple[str, str], float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [(layer, stat, v) for (layer, stat), v in values.items()], columns=["layer", "statistic", "value"]
+    )
+
+
+def row(config="c", layer="0", statistic="act_std", mean=0.0, spread=0.0, n_seeds=8, scale="log") -> dict:
+    return dict(config=config, layer=layer, statistic=statistic, mean=mean, spread=spread, n_seeds=n_seeds, scale=scale)
+
+
+def measured(*values: tuple[str, str, str, float]) -> pd.DataFrame:
+    return pd.DataFrame(values, columns=["config", "layer", "statistic", "value"])
+
+
+def test_default_scale_registry():
+    for name in ["act_std", "grad_norm", "out_rms", "update_ratio", "act_var", "std", "rms"]:
+        assert bl.default_scale(name) == "log", name
+    for name in ["dead_frac", "act_mean", "stdev", "norm_mean", "kurtosis", "unknown"]:
+        assert bl.default_scale(name) == "linear", name
+
+
+def test_summarize_log_and_linear_by_hand():
+    # act_std = e, e^2, e^3 -> log values 1, 2, 3: mean 2, sample std 1.
+    # dead_frac = 0.1, 0.2, 0.6: mean 0.3, sample std sqrt((0.04 + 0.01 + 0.09) / 2) = sqrt(0.07).
+    frames = [
+        seed_frame({("0", "act_std"): math.e**i, ("0", "dead_frac"): f}) for i, f in [(1, 0.1), (2, 0.2), (3, 0.6)]
+    ]
+    out = bl.summarize(frames, "mlp/xavier").set_index("statistic")
+    assert list(out.columns) == ["config", "layer", "mean", "spread", "n_seeds", "scale"]
+    assert out.loc["act_std", ["scale", "n_seeds", "config", "layer"]].tolist() == ["log", 3, "mlp/xavier", "0"]
+    assert out.loc["act_std", "mean"] == pytest.approx(2.0)
+    assert out.loc["act_std", "spread"] == pytest.approx(1.0)
+    assert out.loc["dead_frac", "scale"] == "linear"
+    assert out.loc["dead_frac", "mean"] == pytest.approx(0.3)
+    assert out.loc["dead_frac", "spread"] == pytest.approx(math.sqrt(0.07))
+
+
+def test_summarize_scale_overrides_and_fallback():
+    # "gain" is linear by default; layer 0 takes 1 and 3 (log mean log(3)/2), layer 1 takes 0 and 2
+    frames = [seed_frame({("0", "gain"): v, ("1", "gain"): w}) for v, w in [(1.0, 0.0), (3.0, 2.0)]]
+    out = bl.summarize(frames, "c", scale_for={"other": "log"})  # a dict falls back to the default
+    assert out["scale"].tolist() == ["linear", "linear"]
+    assert out["mean"].tolist() == pytest.approx([2.0, 1.0])
+    for scale_for in [{"gain": "log"}, lambda statistic: "log"]:
+        out = bl.summarize(frames, "c", scale_for=scale_for)
+        # log needs positive values: layer 1 has a zero, so it is stored (and compared) linearly
+        assert out["scale"].tolist() == ["log", "linear"]
+        assert out["mean"].tolist() == pytest.approx([math.log(3) / 2, 1.0])
+    # one seed: the spread is unknown, stored as 0 so only the floors apply
+    assert bl.summarize(frames[:1], "c")["spread"].tolist() == [0.0, 0.0]
+
+
+def test_summarize_rejects_bad_input():
+    frame = seed_frame({("0", "act_std"): 1.0})
+    with pytest.raises(ValueError, match="valid: linear, log"):
+        bl.summarize([frame], "c", scale_for={"act_std": "logarithmic"})
+    with pytest.raises(ValueError, match="duplicate"):
+        bl.summarize([pd.concat([frame, frame])], "c")
+    with pytest.raises(ValueError, match="required"):
+        bl.summarize([frame.drop(columns="value")], "c")
+    with pytest.raises(ValueError, match="at least one"):
+        bl.summarize([], "c")
+
+
+def test_compare_bands_by_hand():
+    base = pd.DataFrame(
+        [
+            row(layer="0", mean=math.log(2), spread=0.1),  # tol 3 * 0.1 + 0.02 = 0.32: 2 e^(±0.32)
+            row(layer="0", statistic="dead_frac", mean=0.3, spread=0.05, scale="linear"),  # 0.3 ± 0.16
+        ]
+    )
+    kw = dict(k=3, rel_floor=0.02, abs_floor=0.01)
+    ok = bl.compare(measured(("c", "0", "act_std", 2.7), ("c", "0", "dead_frac", 0.45)), base, **kw)
+    assert ok["ok"].all() and (ok["problem"] == "").all()
+    assert ok["baseline"].tolist() == pytest.approx([2.0, 0.3])
+    assert ok["low"].tolist() == pytest.approx([2 * math.exp(-0.32), 0.14])
+    assert ok["high"].tolist() == pytest.approx([2 * math.exp(0.32), 0.46])
+    # 2 e^0.32 = 2.754 and 2 e^-0.32 = 1.452; 0.3 ± 0.16 = [0.14, 0.46]
+    for std, frac in [(2.8, 0.3), (1.4, 0.3), (2.0, 0.47), (2.0, 0.13)]:
+        out = bl.compare(measured(("c", "0", "act_std", std), ("c", "0", "dead_frac", frac)), base, **kw)
+        expected = ["outside band" if std in (2.8, 1.4) else "", "outside band" if frac != 0.3 else ""]
+        assert out["problem"].tolist() == expected, (std, frac)
+
+
+def test_compare_floors_apply_when_spread_is_zero():
+    base = pd.DataFrame([row(layer="0", mean=0.0), row(layer="1", statistic="dead_frac", scale="linear")])
+    out = bl.compare(measured(("c", "0", "act_std", 1.0), ("c", "1", "dead_frac", 0.0)), base)
+    assert out["low"].tolist() == pytest.approx([math.exp(-bl.REL_FLOOR), -bl.ABS_FLOOR])
+    assert out["high"].tolist() == pytest.approx([math.exp(bl.REL_FLOOR), bl.ABS_FLOOR])
+    kw = dict(rel_floor=0.02, abs_floor=0.01)  # bands exp(±0.02) = [0.9802, 1.0202] and ±0.01
+    cases = [(1.019, 0.009, True), (1.021, 0.0, False), (0.979, 0.0, False), (1.0, 0.011, False), (1.0, -0.011, False)]
+    for std, frac, expected in cases:
+        out = bl.compare(measured(("c", "0", "act_std", std), ("c", "1", "dead_frac", frac)), base, **kw)
+        assert out["ok"].all() == expected, (std, frac)
+
+
+def test_compare_non_finite_values():
+    base = pd.DataFrame([row(layer="0"), row(layer="1", mean=float("nan")), row(layer="2", mean=float("inf"))])
+    out = bl.compare(
+        measured(
+            ("c", "0", "act_std", float("nan")),
+            ("c", "1", "act_std", float("nan")),
+            ("c", "2", "act_std", float("inf")),
+        ),
+        base,
+    )
+    assert out["problem"].tolist() == ["not finite", "", ""]
+    out = bl.compare(
+        measured(("c", "0", "act_std", 1.0), ("c", "1", "act_std", 1.0), ("c", "2", "act_std", 1e300)), base
+    )
+    assert out["problem"].tolist() == ["", "outside band", "outside band"]
+
+
+def test_missing_config_raises_with_the_command(tmp_path):
+    base = pd.DataFrame([row(config="a")])
+    with pytest.raises(bl.BaselineMissing, match="'b'.*pytest bench --update-baselines"):
+        bl.compare(measured(("b", "0", "act_std", 1.0)), base)
+    with pytest.raises(bl.BaselineMissing, match="pytest bench --update-baselines"):
+        bl.load_config(tmp_path / "absent.csv", "a")
+    bl.update(tmp_path / "exp.csv", base)
+    assert len(bl.load_config(tmp_path / "exp.csv", "a")) == 1
+    with pytest.raises(bl.BaselineMissing, match="'b'.*pytest bench --update-baselines"):
+        bl.load_config(tmp_path / "exp.csv", "b")
+
+
+def test_rows_on_one_side_only_are_reported():
+    base = pd.DataFrame([row(layer="0"), row(layer="1"), row(config="other", layer="7")])
+    out = bl.compare(measured(("c", "0", "act_std", 1.0), ("c", "2", "act_std", 1.0)), base)
+    # the config "other" was not measured, so its rows are not compared at all
+    assert out[["layer", "problem"]].values.tolist() == [
+        ["0", ""],
+        ["1", "not measured"],
+        ["2", "missing from baseline"],
+    ]
+    assert out["ok"].tolist() == [True, False, False]
+
+
+def test_mismatch_message_lists_failing_rows_and_the_command():
+    base = pd.DataFrame([row(layer=str(i)) for i in range(50)])
+    values = [("c", str(i), "act_std", 1.0 if i < 5 else 2.0) for i in range(50)]
+    with pytest.raises(bl.BaselineMismatch) as info:
+        bl.assert_matches(measured(*values), base)
+    message = str(info.value)
+    header = message.splitlines()[1].split()
+    assert header == ["config", "layer", "statistic", "baseline", "measured", "band", "problem"]
+    assert message.splitlines()[0] == "45 of 50 statistics moved from their baseline:"
+    assert "[0.9802, 1.02]" in message and "outside band" in message
+    lines = message.splitlines()  # title, header, 40 rows (the cap), "… 5 more", what to run next
+    assert len(lines) == 2 + 40 + 2 and lines[-2] == "… 5 more"
+    assert "pytest bench --update-baselines" in lines[-1] and "baselines/" in lines[-1]
+    assert len(info.value.rows) == 45 and "c     4 " not in message  # passing rows are not listed
+    assert len(bl.assert_matches(measured(*values[:5]), base.head(5))) == 5
+
+
+def test_summarize_compare_end_to_end():
+    # Synthetic act_std over 10 layers: gain 0.9 per layer, 0.3% seed noise per layer (width ~512).
+    # Another seed must pass; 5% more std per layer (10% more weight variance) must fail.
+    rng = np.random.default_rng(0)
+
+    def seed(gain):
+        noise = np.cumsum(rng.normal(0, 0.003, 10))
+        return seed_frame({(str(i), "act_std"): gain ** (i + 1) * math.exp(noise[i]) for i in range(10)})
+
+    base = bl.summarize([seed(0.9) for _ in range(8)], "c")
+
+    def as_measured(frame):
+        return frame.assign(config="c")
+
+    assert bl.compare(as_measured(seed(0.9)), base)["ok"].all()
+    assert not bl.compare(as_measured(seed(0.9 * 1.05)), base)["ok"].any()
+
+
+def test_csv_layout_round_trip_and_natural_order(tmp_path):
+    rows = pd.DataFrame(
+        [
+            row(layer="blocks.10.attn", mean=1 / 3, spread=1e-9),
+            row(layer="10", statistic="dead_frac", mean=0.25, scale="linear"),
+            row(layer="2", mean=-2.0, spread=0.0125),
+            row(layer="blocks.2.attn", mean=float("nan")),
+            row(config="b", layer="", mean=123456789.0),
+        ]
+    )
+    first, second = tmp_path / "a" / "first.csv", tmp_path / "second.csv"
+    bl.update(first, rows)  # also creates the missing parent directory
+    assert first.read_text() == (
+        "config,layer,statistic,mean,spread,n_seeds,scale\n"
+        "b,,act_std,1.23457e+08,0,8,log\n"
+        "c,2,act_std,-2,0.0125,8,log\n"
+        "c,10,dead_frac,0.25,0,8,linear\n"
+        "c,blocks.2.attn,act_std,nan,0,8,log\n"
+        "c,blocks.10.attn,act_std,0.333333,1e-09,8,log\n"
+    )
+    loaded = bl.load(first)
+    assert loaded["layer"].tolist() == ["", "2", "10", "blocks.2.attn", "blocks.10.attn"]
+    bl.update(second, loaded)
+    assert second.read_bytes() == first.read_bytes()
+
+
+def test_update_replaces_same_config_and_keeps_others(tmp_path):
+    path = tmp_path / "exp.csv"
+    bl.update(path, pd.DataFrame([row(config="a", layer="0"), row(config="a", layer="1"), row(config="b")]))
+    merged = bl.update(path, pd.DataFrame([row(config="a", layer="0", mean=5.0)]))
+    assert merged.equals(bl.load(path))
+    assert merged[["config", "layer", "mean"]].values.tolist() == [["a", "0", 5.0], ["b", "0", 0.0]]
+    with pytest.raises(ValueError, match="valid: linear, log"):
+        bl.update(path, pd.DataFrame([row(scale="lin")]))
+    with pytest.raises(ValueError, match="duplicate"):
+        bl.update(path, pd.DataFrame([row(), row()]))
+
+
+def test_failed_write_leaves_old_file_and_no_temp_files(tmp_path, monkeypatch):
+    path = tmp_path / "exp.csv"
+    bl.update(path, pd.DataFrame([row()]))
+    before = path.read_bytes()
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        bl.update(path, pd.DataFrame([row(mean=1.0)]))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.csv", "exp.csv.lock"]
+
+
+def config_rows(i: int, round_: int) -> pd.DataFrame:
+    return pd.DataFrame([row(config=f"cfg{i}", layer=str(j), mean=round_ + i / 8 + j / 64) for j in range(16)])
+
+
+def test_concurrent_updates_lose_nothing(tmp_path):
+    # 8 spawned workers update one file at once, each with its own config, in fresh files each
+    # round; without the lock a read-merge-write race drops configs.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        for round_ in range(4):
+            path = tmp_path / f"round{round_}" / "exp.csv"
+            pool.starmap(bl.update, [(path, config_rows(i, round_)) for i in range(8)], chunksize=1)
+            serial = tmp_path / f"serial{round_}.csv"
+            for i in reversed(range(8)):
+                bl.update(serial, config_rows(i, round_))
+            assert sorted(set(bl.load(path)["config"])) == [f"cfg{i}" for i in range(8)]
+            assert path.read_bytes() == serial.read_bytes()
+            assert sorted(p.name for p in path.parent.iterdir()) == ["exp.csv", "exp.csv.lock"]
