@@ -42,6 +42,7 @@ class RoledParam:
     chunks: int = 1  # independent matrices packed along dim 0 (3 for a packed in_proj)
     block: int | None = None  # index of the residual block that owns it, if any
     transposed: bool = False  # stored as (in, out), like an Embedding table
+    parts: tuple[str, ...] = ()  # names of the packed matrices in order, where declared: ("q", "k", "v")
 
     def matrices(self) -> list[torch.Tensor]:
         """Views of the weight as (fan_out, fan_in) matrices, one per packed chunk.
@@ -74,23 +75,27 @@ def param_roles(model: nn.Module) -> list[RoledParam]:
     """Every parameter of ``model`` with its declared role, in ``named_parameters`` order.
 
     A module declares roles in a class attribute ``ROLES`` mapping a parameter path relative to
-    itself (``"q.weight"``) to a role, or to ``(role, chunks)`` for packed weights. A module with an
+    itself (``"q.weight"``) to a role, or to ``(role, chunks)`` for packed weights, or to ``(role, parts)``
+    with ``parts`` a tuple naming each packed matrix (``("qkv", ("q", "k", "v"))``; chunks is then
+    ``len(parts)``), for rules that treat the projections differently (DeepNorm). A module with an
     integer ``block_index`` attribute marks its descendants as belonging to that residual block.
 
     Raises:
         ValueError: a parameter has no role, or a role is not one of ``ROLES``.
     """
-    found: dict[str, tuple[str, int, int | None]] = {}
+    found: dict[str, tuple[str, int, tuple[str, ...]]] = {}
     blocks: dict[str, int] = {}
     for prefix, module in model.named_modules():
         if isinstance(getattr(module, "block_index", None), int):
             blocks[prefix] = module.block_index
         for rel, decl in _declared(module).items():
             role, chunks = (decl, 1) if isinstance(decl, str) else decl
+            parts = tuple(chunks) if isinstance(chunks, tuple) else ()
+            chunks = len(parts) or chunks
             if role not in ROLES:
                 raise ValueError(f"unknown role {role!r} in {type(module).__name__}; valid: {', '.join(ROLES)}")
             name = f"{prefix}.{rel}" if prefix else rel
-            found.setdefault(name, (role, chunks, None))
+            found.setdefault(name, (role, chunks, parts))
 
     out = []
     for name, p in model.named_parameters():
@@ -98,7 +103,7 @@ def param_roles(model: nn.Module) -> list[RoledParam]:
             raise ValueError(
                 f"parameter {name!r} has no role; declare it in its module's ROLES (valid roles: {', '.join(ROLES)})"
             )
-        role, chunks, _ = found[name]
+        role, chunks, parts = found[name]
         block = next((i for pre, i in blocks.items() if name.startswith(pre + ".")), None)
-        out.append(RoledParam(name, role, p, chunks, block, transposed=role == "embedding"))
+        out.append(RoledParam(name, role, p, chunks, block, transposed=role == "embedding", parts=parts))
     return out

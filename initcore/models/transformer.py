@@ -87,7 +87,8 @@ def make_norm(cfg: TransformerConfig) -> nn.Module:
 class MultiHeadAttention(nn.Module):
     """Self-attention with separate q, k, v and output projections, via scaled_dot_product_attention."""
 
-    ROLES = {"q.weight": "qkv", "k.weight": "qkv", "v.weight": "qkv", "o.weight": "attn_out",
+    ROLES = {"q.weight": ("qkv", ("q",)), "k.weight": ("qkv", ("k",)), "v.weight": ("qkv", ("v",)),
+             "o.weight": "attn_out",
              "q.bias": "bias", "k.bias": "bias", "v.bias": "bias", "o.bias": "bias"}
 
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -121,7 +122,7 @@ class MultiHeadAttention(nn.Module):
 class TorchMHA(nn.Module):
     """``nn.MultiheadAttention`` as the notebook used it: q, k, v packed in one (3E, E) in_proj_weight."""
 
-    ROLES = {"mha.in_proj_weight": ("qkv", 3), "mha.in_proj_bias": "bias",
+    ROLES = {"mha.in_proj_weight": ("qkv", ("q", "k", "v")), "mha.in_proj_bias": "bias",
              "mha.out_proj.weight": "attn_out", "mha.out_proj.bias": "bias"}
 
     def __init__(self, cfg: TransformerConfig) -> None:
