@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from types import MappingProxyType
 
 import torch
 from torch import nn
 
-from initcore.init.functions import kaiming_normal_gain_, kaiming_uniform_gain_, lecun_normal_
+from initcore.init.functions import kaiming_normal_gain_, kaiming_uniform_gain_, lecun_normal_, trunc_normal_sigma_
 from initcore.models.roles import RoledParam, param_roles
 
 RESIDUAL_OUT = ("attn_out", "mlp_out")  # roles that write into a residual stream
@@ -45,20 +45,29 @@ class Strategy:
     options: Mapping[str, object] = field(default_factory=dict)  # option -> default
     takes_gain: bool = False
     special: Mapping[str, Rule] = field(default_factory=dict)  # rules for bias/norm/gate roles
+    # the model config the strategy needs, from the model's config (None: any model); see config_for()
+    config: Callable[[object], object] | None = None
 
 
 _REGISTRY: dict[str, Strategy] = {}
 
 
 def register(name: str, summary: str, *, options: Mapping[str, object] | None = None, takes_gain: bool = False,
-             special: Mapping[str, Rule] | None = None) -> Callable[[Rule], Rule]:
-    """Decorator: add ``rule`` to the registry under ``name``."""
+             special: Mapping[str, Rule] | None = None,
+             config: Callable[[object], object] | None = None) -> Callable[[Rule], Rule]:
+    """Decorator: add ``rule`` to the registry under ``name``.
+
+    ``special`` maps a role to a rule called once with the whole parameter (``rule(p.param, p, ctx)``),
+    for roles the strategy treats apart from the per-matrix rule. ``config`` maps a model's config to
+    the config the strategy needs (DeepNorm's residual multiplier); ``apply`` refuses a model built
+    otherwise, and ``config_for`` hands the needed config to whoever builds the model.
+    """
 
     def deco(rule: Rule) -> Rule:
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} is registered twice")
         _REGISTRY[name] = Strategy(name, rule, summary, MappingProxyType(dict(options or {})), takes_gain,
-                                   MappingProxyType(dict(special or {})))
+                                   MappingProxyType(dict(special or {})), config)
         return rule
 
     return deco
@@ -154,6 +163,8 @@ def apply(model: nn.Module, name: str, *, gain: float | str | None = None,
         gain = activation_gain(model)
     elif gain is not None and not (isinstance(gain, (int, float)) and gain > 0 and math.isfinite(gain)):
         raise ValueError(f"gain must be a positive number or 'auto', got {gain!r}")
+    if strategy.config is not None:
+        _check_config(strategy, getattr(model, "config", None))
     if strategy.name == "torch_default":
         return apply_torch_default(model, generator)
     ctx = _context(model, gain, generator, {**strategy.options, **implied, **options})
@@ -167,6 +178,33 @@ def apply(model: nn.Module, name: str, *, gain: float | str | None = None,
                 for w in p.matrices():
                     strategy.rule(w, p, ctx)
     return model
+
+
+def config_for(name: str, cfg):
+    """The model config strategy ``name`` needs, given a model's config ``cfg`` (``cfg`` itself for most).
+
+    Example:
+        >>> from initcore.models import TransformerConfig
+        >>> config_for("deepnorm", TransformerConfig(n_layers=8)).residual_alpha  # (2L)^(1/4)
+        2.0
+
+    Raises:
+        ValueError: unknown strategy, or a model the strategy cannot be applied to.
+    """
+    strategy, _ = get(name)
+    return cfg if strategy.config is None else strategy.config(cfg)
+
+
+def _check_config(strategy: Strategy, cfg) -> None:
+    need = strategy.config(cfg)  # raises for a model the strategy cannot take at all
+    if need == cfg:
+        return
+    diff = {k: v for k, v in vars(need).items()
+            if not (v == vars(cfg)[k] or isinstance(v, float) and math.isclose(v, vars(cfg)[k], rel_tol=1e-9))}
+    if diff:
+        fields = ", ".join(f"{k}={v!r}" for k, v in diff.items())
+        raise ValueError(f"strategy {strategy.name!r} needs a model built with {fields}; "
+                         f"build it from initcore.init.strategies.config_for({strategy.name!r}, cfg)")
 
 
 # --- the strategies -----------------------------------------------------------------------------
@@ -273,3 +311,179 @@ def _scaled(w, p, ctx):
 @register("small_init", "the notebook's small init: N(0, 0.02^2) for every weight, embedding included")
 def _small_init(w, p, ctx):
     nn.init.normal_(w, 0.0, 0.02, generator=ctx.generator)
+
+
+# --- modern transformer strategies (issue 7) ------------------------------------------------------
+# Each cites where its numbers come from. L is ctx.n_layers (residual blocks), l = p.block (0-based),
+# d = d_model, d_ff the feed-forward width. On an MLP (roles hidden, head) the input rule applies with
+# d = fan_in; the strategies that need a transformer feature (deepnorm, rezero) refuse an MLP.
+
+
+def _normal(w: torch.Tensor, std: float, ctx: Context) -> None:
+    nn.init.normal_(w, 0.0, std, generator=ctx.generator)
+
+
+def _positive_option(ctx: Context, name: str) -> float:
+    value = ctx.options[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"option {name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+@register("gpt2", "N(0, 0.02^2); attn_out, mlp_out N(0, (0.02/sqrt(2L))^2) (Radford et al., 2019; nanoGPT's c_proj)")
+def _gpt2(w, p, ctx):
+    r"""GPT-2 (Radford et al., 2019, "Language Models are Unsupervised Multitask Learners", §2.3; nanoGPT).
+
+    .. math:: \sigma = 0.02, \qquad \sigma_{\text{attn\_out, mlp\_out}} = 0.02/\sqrt{2L}
+
+    Every weight (the embedding included) is N(0, 0.02²); the two projections per block that write
+    into the residual stream are scaled by 1/√(2L), for the 2L residual additions.
+    """
+    std = 0.02 / math.sqrt(2 * ctx.n_layers) if p.role in RESIDUAL_OUT else 0.02
+    _normal(w, std, ctx)
+
+
+@register("megatron", "N(0, sigma^2); attn_out, mlp_out N(0, (sigma/sqrt(2L))^2) (Shoeybi et al., 2019, Megatron-LM)",
+          options={"sigma": 0.02})
+def _megatron(w, p, ctx):
+    r"""Megatron-LM (Shoeybi et al., 2019): ``init_method_normal(sigma)`` and ``scaled_init_method_normal``.
+
+    .. math:: \sigma_{\text{in}} = \sigma, \qquad \sigma_{\text{attn\_out, mlp\_out}} = \sigma/\sqrt{2L}
+
+    ``sigma`` (option, default 0.02, Megatron's ``init_method_std``) for the embedding and every input
+    projection.
+    """
+    sigma = _positive_option(ctx, "sigma")
+    _normal(w, sigma / math.sqrt(2 * ctx.n_layers) if p.role in RESIDUAL_OUT else sigma, ctx)
+
+
+@register("olmo_mitchell", "trunc N(0, 1/d) at 3 sigma; attn_out 1/sqrt(2d(l+1)), mlp_out 1/sqrt(2 d_ff (l+1)) "
+          "(OLMo's init_fn=mitchell, Groeneveld et al., 2024)")
+def _olmo_mitchell(w, p, ctx):
+    r"""OLMo's ``mitchell`` init (Groeneveld et al., 2024, ``olmo/initialization.py``): normals truncated at ±3σ.
+
+    .. math::
+        \sigma_{\text{embedding, qkv, mlp\_in}} = 1/\sqrt{d}, \quad
+        \sigma_{\text{attn\_out}} = 1/\sqrt{2 d (l+1)}, \quad
+        \sigma_{\text{mlp\_out}} = 1/\sqrt{2 d_{ff} (l+1)}
+
+    for block l (0-based). Every std is 1/√(the layer's input width), the output projections further
+    divided by √(2(l+1)): a layer-dependent, not L-dependent, residual scaling. The truncation is in
+    units of σ (``trunc_normal_sigma_``), as OLMo's ``trunc_normal_(a=-3σ, b=3σ)``.
+    """
+    fan_out, fan_in = w.shape
+    if p.role == "embedding":
+        std = 1 / math.sqrt(fan_out)  # fan_out of the lookup is d_model
+    elif p.role in RESIDUAL_OUT:
+        std = 1 / math.sqrt(2 * fan_in * (p.block + 1))  # fan_in: d_model for attn_out, d_ff for mlp_out
+    else:
+        std = 1 / math.sqrt(fan_in)  # d_model for qkv and mlp_in
+    trunc_normal_sigma_(w, std, n_sigma=3.0, generator=ctx.generator)
+
+
+@register("neox_small_init", "N(0, 2/(5d)) (small_init, Nguyen & Salazar, 2019); attn_out, mlp_out std 2/(L sqrt(d)) "
+          "(wang_init, Mesh-Transformer-JAX); GPT-NeoX's defaults")
+def _neox_small_init(w, p, ctx):
+    r"""GPT-NeoX (Black et al., 2022): ``init_method="small_init"``, ``output_layer_init_method="wang_init"``.
+
+    .. math:: \sigma_{\text{in}} = \sqrt{2/(5d)}, \qquad \sigma_{\text{attn\_out, mlp\_out}} = \frac{2}{L\sqrt{d}}
+
+    small_init is Nguyen & Salazar (2019, "Transformers without Tears"); wang_init is Ben Wang's
+    Mesh-Transformer-JAX (GPT-J). Both take d = d_model (the hidden size) for every matrix, mlp_out
+    included, and 2/(L√d) is the std itself (so the variance is 4/(L²d)). On an MLP, d = fan_in.
+    """
+    d = ctx.d_model or w.shape[1]
+    _normal(w, 2 / (ctx.n_layers * math.sqrt(d)) if p.role in RESIDUAL_OUT else math.sqrt(2 / (5 * d)), ctx)
+
+
+def _transformer_config(name: str, cfg, *needed: str):
+    if not (is_dataclass(cfg) and {"n_layers", *needed} <= {f.name for f in fields(cfg)}):
+        raise ValueError(f"strategy {name!r} needs a transformer (a TransformerConfig with {', '.join(needed)}); "
+                         f"got {type(cfg).__name__}")
+    return cfg
+
+
+def deepnorm_alpha(n_layers: int) -> float:
+    """DeepNorm's residual multiplier for a decoder-only stack of ``n_layers`` blocks: (2L)^(1/4)."""
+    return (2 * n_layers) ** 0.25
+
+
+def deepnorm_beta(n_layers: int) -> float:
+    """DeepNorm's init gain for v, attention out and the feed-forward weights: (8L)^(-1/4)."""
+    return (8 * n_layers) ** -0.25
+
+
+def deepnorm_config(cfg):
+    """``cfg`` with what DeepNorm needs of the model: post-norm and residual_alpha = (2L)^(1/4)."""
+    cfg = _transformer_config("deepnorm", cfg, "norm_position", "residual_alpha")
+    return replace(cfg, norm_position="post", residual_alpha=deepnorm_alpha(cfg.n_layers))
+
+
+def _deepnorm_qkv(param, p, ctx):
+    beta = deepnorm_beta(ctx.n_layers)
+    if len(p.parts) != p.chunks:
+        raise ValueError(f"deepnorm needs the q, k, v projections named: declare {p.name!r} as "
+                         f"('qkv', ('q', 'k', 'v')) or ('qkv', ('v',)) in its module's ROLES")
+    for part, w in zip(p.parts, p.matrices(), strict=True):  # the packed in_proj is (q, k, v)
+        nn.init.xavier_normal_(w, gain=beta if part == "v" else 1.0, generator=ctx.generator)
+
+
+@register("deepnorm", "post-norm, residual x*(2L)^(1/4) + f(x); Xavier normal gain (8L)^(-1/4) on v, attn_out, "
+          "mlp_in, mlp_out, gain 1 on q, k (Wang et al., 2022, DeepNet, decoder-only)",
+          special={"qkv": _deepnorm_qkv}, config=deepnorm_config)
+def _deepnorm(w, p, ctx):
+    r"""DeepNorm (Wang et al., 2022, "DeepNet: Scaling Transformers to 1,000 Layers", Fig. 2), decoder-only form.
+
+    .. math:: x_{l+1} = \mathrm{LN}(\alpha x_l + f(x_l)), \quad \alpha = (2L)^{1/4}, \quad \beta = (8L)^{-1/4}
+
+    Xavier normal with gain β on v, the attention output and both feed-forward matrices; gain 1 on q,
+    k and every other matrix (the embedding, fan_in = vocab). α is the model's ``residual_alpha``,
+    which no init can set: ``apply`` refuses a model not built from ``deepnorm_config(cfg)`` (also
+    ``config_for("deepnorm", cfg)``), naming the fields to change.
+    """
+    gain = deepnorm_beta(ctx.n_layers) if p.role in ("attn_out", "mlp_in", "mlp_out") else 1.0
+    nn.init.xavier_normal_(w, gain=gain, generator=ctx.generator)
+
+
+@register("fixup", "Fixup-style: attn_out, mlp_out zero so every block starts as the identity (pre-norm); "
+          "other matrices Xavier normal, embedding N(0, 1) (Zhang et al., 2019)")
+def _fixup(w, p, ctx):
+    r"""Fixup-style zero init of each residual branch's last layer (Zhang et al., 2019, "Fixup Initialization").
+
+    .. math:: W_{\text{attn\_out}} = W_{\text{mlp\_out}} = 0
+
+    With zero biases a pre-norm block x + f(norm(x)) then returns x exactly; post-norm blocks return
+    norm(x). Other matrices are Xavier normal, the embedding N(0, 1) (``nn.Embedding``'s own, so the
+    stream starts at unit scale). Fixup's L^(-1/(2m-2)) rescaling of the inner branch layers is left
+    out: with the branch outputs at zero it changes no forward statistic at init, only gradients.
+    """
+    if p.role in RESIDUAL_OUT:
+        nn.init.zeros_(w)
+    elif p.role == "embedding":
+        _normal(w, 1.0, ctx)
+    else:
+        nn.init.xavier_normal_(w, generator=ctx.generator)
+
+
+def rezero_config(cfg):
+    """``cfg`` with ReZero's residual gates: rezero=True (each branch times a scalar that starts at 0)."""
+    return replace(_transformer_config("rezero", cfg, "rezero"), rezero=True)
+
+
+@register("rezero", "gated residual x + g*f(x), g = 0 (model option rezero=True); Xavier uniform matrices, "
+          "embedding N(0, 1) (Bachlechner et al., 2020)", config=rezero_config)
+def _rezero(w, p, ctx):
+    r"""ReZero (Bachlechner et al., 2020, "ReZero is All You Need"): every block starts as the identity.
+
+    .. math:: x_{l+1} = x_l + g_l f(x_l), \qquad g_l = 0
+
+    The gates are the model's (``TransformerConfig(rezero=True)``, role ``gate``, filled with 0 by the
+    registry's default). A model without gates is refused (``rezero_config(cfg)`` builds one), since
+    this init alone would then be plain Xavier. Matrices are Xavier uniform, as ``nn.Transformer``'s
+    ``_reset_parameters`` that the ReZero code builds on, the embedding N(0, 1), ``nn.Embedding``'s
+    own. The paper drops LayerNorm; this model keeps it, so identity holds for pre-norm blocks.
+    """
+    if p.role == "embedding":
+        _normal(w, 1.0, ctx)
+    else:
+        nn.init.xavier_uniform_(w, generator=ctx.generator)
