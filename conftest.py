@@ -10,4 +10,4 @@ Commands (see README):
     pytest bench -m large             the notebook's full sizes and large depths/widths
 """
 
-pytest_plugins = ["initcore.testing.plugin"]
+pytest_plugins = ["initcore.testing.plugin", "initcore.testing.benchmarking"]

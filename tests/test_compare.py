@@ -1,0 +1,215 @@
+"""compare: the CPU-vs-CUDA table, run-to-run ratios and the command's exit statuses, on hand-written
+results shaped like pytest-benchmark 5's ``--benchmark-json`` output (every number chosen by hand)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from initcore import compare
+from initcore.compare import PerformanceRegression, ResultsError
+
+
+def _bench(case: str, pass_: str, device: str, median: float, flops: float | None = None,
+           matmul_gflops: float | None = None) -> dict:
+    """One entry of pytest-benchmark's ``benchmarks`` list, as bench/test_timing.py writes it."""
+    name = f"test_{pass_}[{case}-{device}]"
+    extra = {"case": case, "pass": pass_, "device_type": device, "device": f"some {device}", "dtype": "float32",
+             "threads": 2}
+    if flops is not None:
+        extra.update(flops=flops, gflops=flops / median / 1e9, matmul_gflops=matmul_gflops)
+    data = [median * 0.9, median, median * 1.2]
+    return {
+        "group": f"{pass_} {case}",
+        "name": name,
+        "fullname": f"bench/test_timing.py::{name}",
+        "params": {"case": case, "device": device},
+        "param": f"{case}-{device}",
+        "extra_info": extra,
+        "options": {"disable_gc": False, "timer": "perf_counter", "min_rounds": 5, "max_time": 1.0,
+                    "min_time": 5e-06, "precision": None, "confidence": None, "warmup": False},
+        "stats": {"min": min(data), "max": max(data), "mean": sum(data) / 3, "stddev": 0.1 * median, "rounds": 3,
+                  "median": median, "iqr": 0.3 * median, "q1": 0.9 * median, "q3": 1.2 * median, "iqr_outliers": 0,
+                  "stddev_outliers": 1, "outliers": "1;0", "ld15iqr": min(data), "hd15iqr": max(data),
+                  "ops": 1 / median, "total": sum(data), "data": data, "iterations": 1},
+    }
+
+
+def _results(*benchmarks: dict) -> dict:
+    return {
+        "machine_info": {"node": "vm", "machine": "x86_64", "system": "Linux", "cpu": {"brand_raw": "Some CPU"},
+                         "gpu": "Some GPU", "torch_version": "2.13.0", "cuda_version": "12.4", "torch_threads": 2},
+        "commit_info": {"id": "0" * 40, "dirty": False, "project": "initcore", "branch": "main"},
+        "benchmarks": list(benchmarks),
+        "datetime": "2026-01-02T03:04:05.000000+00:00",
+        "version": "5.3.1",
+    }
+
+
+# 2e8 FLOPs in 4 ms on the CPU = 50 GFLOP/s, half of its 100 GFLOP/s matmul; in 1 ms on CUDA = 200 GFLOP/s,
+# a fifth of its 1000.
+RUN = _results(
+    _bench("mlp-w256-d4", "forward", "cpu", 0.004, 2e8, 100.0),
+    _bench("mlp-w256-d4", "forward", "cuda", 0.001, 2e8, 1000.0),
+    _bench("mlp-w256-d4", "backward", "cpu", 0.010, 4e8, 100.0),
+)
+
+
+def _write(tmp_path, name: str, data) -> str:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+# --- table -------------------------------------------------------------------------------------------
+
+
+def test_table_puts_devices_side_by_side():
+    t = compare.table(RUN)
+    assert list(t.index) == [("mlp-w256-d4", "forward"), ("mlp-w256-d4", "backward")]
+    fwd = t.loc[("mlp-w256-d4", "forward")]
+    assert fwd["cpu_ms"] == pytest.approx(4.0)
+    assert fwd["cuda_ms"] == pytest.approx(1.0)
+    assert fwd["speedup"] == pytest.approx(4.0)
+    assert fwd["cpu_gflops"] == pytest.approx(50.0)
+    assert fwd["cuda_gflops"] == pytest.approx(200.0)
+    assert fwd["cpu_frac"] == pytest.approx(0.5)
+    assert fwd["cuda_frac"] == pytest.approx(0.2)
+
+
+def test_table_has_nan_where_a_device_is_missing():
+    bwd = compare.table(RUN).loc[("mlp-w256-d4", "backward")]
+    assert bwd["cpu_ms"] == pytest.approx(10.0)
+    assert bwd["cpu_gflops"] == pytest.approx(40.0)
+    assert math.isnan(bwd["cuda_ms"]) and math.isnan(bwd["speedup"]) and math.isnan(bwd["cuda_frac"])
+    cpu_only = compare.table(_results(_bench("tf", "forward", "cpu", 0.002, 1e8, 50.0)))
+    assert cpu_only["cuda_ms"].isna().all() and cpu_only["cpu_frac"].iloc[0] == pytest.approx(1.0)
+
+
+def test_table_keeps_a_benchmark_without_timing_extra_info():
+    other = _bench("x", "forward", "cpu", 0.003)
+    other.update(extra_info={}, group="my group", params=None)
+    t = compare.table(_results(other))
+    assert list(t.index) == [("my group", "")]
+    assert t["cpu_ms"].iloc[0] == pytest.approx(3.0)
+    assert t["cpu_gflops"].isna().all()
+
+
+def test_format_table_marks_missing_results():
+    text = compare.format_table(compare.table(RUN))
+    assert "cuda GFLOP/s" in text and "4.000" in text and "50.0%" in text and "NaN" not in text
+    assert compare.format_table(compare.table(_results())) == "no benchmarks"
+
+
+# --- ratio and the regression check -------------------------------------------------------------------
+
+
+def _run(forward_ms: float, backward_ms: float) -> dict:
+    return _results(_bench("c", "forward", "cpu", forward_ms / 1e3), _bench("c", "backward", "cpu", backward_ms / 1e3))
+
+
+def test_ratio_is_later_over_earlier_by_benchmark():
+    r = compare.ratio(_run(2.0, 4.0), _run(3.0, 2.0))
+    assert r.loc["test_forward[c-cpu]", "ratio"] == pytest.approx(1.5)
+    assert r.loc["test_backward[c-cpu]", "ratio"] == pytest.approx(0.5)
+    assert r.loc["test_forward[c-cpu]", "a_ms"] == pytest.approx(2.0)
+
+
+def test_ratio_keeps_benchmarks_found_in_one_run_only():
+    later = _results(_bench("c", "forward", "cpu", 0.002), _bench("new", "forward", "cpu", 0.001))
+    r = compare.ratio(_run(2.0, 4.0), later)
+    assert math.isnan(r.loc["test_backward[c-cpu]", "ratio"]) and math.isnan(r.loc["test_backward[c-cpu]", "b_ms"])
+    assert math.isnan(r.loc["test_forward[new-cpu]", "ratio"])
+    assert r.loc["test_forward[c-cpu]", "ratio"] == pytest.approx(1.0)
+
+
+def test_check_fails_past_the_threshold_only():
+    r = compare.ratio(_run(1.0, 1.0), _run(1.09, 0.5))  # forward 9% slower, backward twice as fast
+    compare.check(r, 0.10)
+    with pytest.raises(PerformanceRegression, match=r"1 benchmark\(s\) slowed by more than 5%") as e:
+        compare.check(r, 0.05)
+    assert "test_forward[c-cpu]" in str(e.value) and "test_backward" not in str(e.value)
+    assert "pytest bench --benchmark-only" in str(e.value)  # says what to run next
+    slow = compare.ratio(_run(1.0, 1.0), _run(1.15, 1.0))
+    compare.check(slow, 0.20)
+    with pytest.raises(PerformanceRegression):
+        compare.check(slow)  # default 10%
+    with pytest.raises(ValueError, match="threshold"):
+        compare.regressions(slow, -0.1)
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "is not JSON"),
+    ("[]", "no 'benchmarks' list"),
+    (json.dumps({"machine_info": {}}), "no 'benchmarks' list"),
+    (json.dumps({"benchmarks": [{"name": "t", "stats": {}}]}), "no positive stats.median"),
+    (json.dumps({"benchmarks": [{"name": "t", "stats": {"median": "fast"}}]}), "no positive stats.median"),
+    (json.dumps({"benchmarks": [{"stats": {"median": 1.0}}]}), "has no name"),
+])
+def test_load_rejects_what_is_not_benchmark_json(tmp_path, content, message):
+    with pytest.raises(ResultsError, match=message):
+        compare.load(_write(tmp_path, "r.json", content))
+
+
+def test_load_reads_a_results_file(tmp_path):
+    assert compare.load(_write(tmp_path, "r.json", RUN)) == RUN
+    with pytest.raises(ResultsError, match="cannot read"):
+        compare.load(tmp_path / "missing.json")
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def test_command_prints_the_table(tmp_path, capsys):
+    assert compare.main([_write(tmp_path, "r.json", RUN)]) == 0
+    out = capsys.readouterr().out
+    assert "torch 2.13.0" in out and "gpu Some GPU" in out
+    assert "mlp-w256-d4" in out and "speedup" in out and "4.00" in out
+
+
+def test_command_with_two_files_exits_1_past_the_threshold(tmp_path, capsys):
+    before, after = _write(tmp_path, "a.json", _run(1.0, 1.0)), _write(tmp_path, "b.json", _run(1.15, 1.0))
+    assert compare.main([before, after]) == 1
+    out = capsys.readouterr().out
+    assert "1.150" in out and "REGRESSION" in out
+    assert compare.main([before, after, "--threshold", "0.2"]) == 0
+    assert "ok: no benchmark slowed by more than 20%" in capsys.readouterr().out
+    assert compare.main([before, before]) == 0
+
+
+@pytest.mark.parametrize("files", [["missing.json"], ["good.json", "missing.json"], ["bad.json"],
+                                   ["good.json", "bad.json"]])
+def test_command_exits_2_on_a_bad_file_with_one_line(tmp_path, capsys, files):
+    _write(tmp_path, "good.json", RUN)
+    _write(tmp_path, "bad.json", '{"benchmarks": [')
+    assert compare.main([str(tmp_path / f) for f in files]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("initcore compare: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_command_exits_2_when_no_benchmark_is_shared(tmp_path, capsys):
+    a = _write(tmp_path, "a.json", _results(_bench("a", "forward", "cpu", 0.001)))
+    b = _write(tmp_path, "b.json", _results(_bench("b", "forward", "cpu", 0.001)))
+    assert compare.main([a, b]) == 2
+    assert "no benchmark is in both files" in capsys.readouterr().err
+
+
+def test_command_rejects_a_negative_threshold(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        compare.main([_write(tmp_path, "r.json", RUN), "--threshold", "-0.1"])
+    assert e.value.code == 2
+    assert "fraction >= 0" in capsys.readouterr().err
+
+
+def test_records_are_a_tidy_frame():
+    recs = compare.records(RUN)
+    assert isinstance(recs, pd.DataFrame) and len(recs) == 3
+    assert list(recs["device"]) == ["cpu", "cuda", "cpu"]
+    assert recs["median_ms"].tolist() == pytest.approx([4.0, 1.0, 10.0])
