@@ -32,10 +32,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                                       for name, c in CASES.items()])
 
 
-def _loss(out: torch.Tensor) -> torch.Tensor:
-    # Not out.mean(): through the final LayerNorm its gradient is zero, and a backward of zeros is not
-    # what training runs.
-    return out.square().mean()
+def _projection(model: torch.nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A fixed random direction the size of the output, drawn on the CPU: the loss is <out, r>.
+
+    Not out.mean() or out.square().mean(): the transformer ends in a norm, whose output has mean 0 and
+    mean square ~1 whatever its input, so those losses send (almost) no gradient back through the stack.
+    """
+    with torch.no_grad():
+        shape = model(x).shape
+    return torch.randn(shape, generator=generator).to(device=x.device, dtype=DTYPE)
 
 
 def _record(benchmark, case: TimingCase, pass_: str, device: str, matmul_rate) -> None:
@@ -75,10 +80,11 @@ def test_forward(benchmark, case: str, device: str, generator: torch.Generator, 
 def test_backward(benchmark, case: str, device: str, generator: torch.Generator, matmul_rate) -> None:
     spec = CASES[case]
     model, x = spec.build(generator, device, DTYPE)
+    r = _projection(model, x, generator)
 
     def fresh_graph() -> tuple[tuple[torch.Tensor], dict]:
         model.zero_grad(set_to_none=True)  # as a training step does; backward then writes, not accumulates
-        loss = _loss(model(x))
+        loss = (model(x) * r).sum()
         synchronize(device)  # the forward's queued kernels finish before the clock starts
         return (loss,), {}
 
