@@ -487,3 +487,62 @@ def _rezero(w, p, ctx):
         _normal(w, 1.0, ctx)
     else:
         nn.init.xavier_uniform_(w, generator=ctx.generator)
+
+
+# --- the notebook's InitializationUtils strategies (its SimpleTransformer health report) ------------------
+
+
+def _packed_xavier_uniform(w, p, ctx):
+    # torch's MultiheadAttention._reset_parameters: xavier_uniform_ over the whole packed (3E, E) in_proj,
+    # drawn here one (E, E) chunk at a time with the packed fans: the same distribution.
+    fan_in, fan_out = w.shape[1], w.shape[0] * p.chunks
+    bound = math.sqrt(6.0 / (fan_in + fan_out))  # Var = 2/(fan_in + fan_out) = 2/(E + 3E) = 1/(2E)
+    nn.init.uniform_(w, -bound, bound, generator=ctx.generator)
+
+
+@register("notebook_xavier", "the notebook's InitializationUtils 'Standard Xavier': Xavier uniform matrices, "
+          "embedding N(0, 0.02^2), a packed in_proj left to torch's packed Xavier")
+def _notebook_xavier(w, p, ctx):
+    r"""The reference notebook's ``init_transformer_weights(model, "xavier_uniform")``, by role.
+
+    .. math:: W \sim U(-a, a), \quad a = \sqrt{6/(\text{fan\_in} + \text{fan\_out})}; \qquad E \sim N(0, 0.02^2)
+
+    How the notebook's own version differs: it walks ``nn.Linear`` modules, so it never touches
+    ``nn.MultiheadAttention``'s packed ``in_proj_weight``, which keeps torch's Xavier over the packed
+    (3E, E) matrix, Var = 1/(2E), half of Xavier's 1/E for a separate (E, E) projection. This rule
+    gives a packed qkv (chunks > 1) exactly that, so the notebook's model comes out as the notebook
+    left it; separate q, k, v projections are ``nn.Linear`` and get Xavier, as the notebook's loop would.
+    """
+    if p.role == "embedding":
+        nn.init.normal_(w, 0.0, 0.02, generator=ctx.generator)
+    elif p.role == "qkv" and p.chunks > 1:
+        _packed_xavier_uniform(w, p, ctx)
+    else:
+        nn.init.xavier_uniform_(w, generator=ctx.generator)
+
+
+@register("notebook_he_residual", "the notebook's InitializationUtils 'He + residual scaling': He uniform (relu) "
+          "matrices, attn_out and mlp_out N(0, 0.02^2)*0.5, embedding N(0, 0.02^2), a packed in_proj left to "
+          "torch's packed Xavier")
+def _notebook_he_residual(w, p, ctx):
+    r"""The reference notebook's ``init_transformer_weights(model, "kaiming_uniform", ["ff2", "attention"],
+    residual_scaling=True)``, by role.
+
+    .. math:: W \sim U(-a, a),\ a = \sqrt{6/\text{fan\_in}}; \qquad W_{\text{attn\_out}}, W_{\text{mlp\_out}}
+        \sim 0.5 \cdot N(0, 0.02^2); \qquad E \sim N(0, 0.02^2)
+
+    The notebook matched the substrings "ff2" and "attention" in module names: that hit the feed-forward
+    output and the attention's ``out_proj`` (the roles mlp_out and attn_out here). How it differs: it
+    walks ``nn.Linear`` modules, so ``nn.MultiheadAttention``'s packed ``in_proj_weight`` keeps torch's
+    Xavier over the packed (3E, E) matrix (Var = 1/(2E)), not He; this rule gives a packed qkv exactly
+    that. Separate q, k, v projections (``nn.Linear``) get He.
+    """
+    if p.role == "embedding":
+        nn.init.normal_(w, 0.0, 0.02, generator=ctx.generator)
+    elif p.role == "qkv" and p.chunks > 1:
+        _packed_xavier_uniform(w, p, ctx)
+    elif p.role in RESIDUAL_OUT:
+        nn.init.normal_(w, 0.0, 0.02, generator=ctx.generator)
+        w.mul_(0.5)  # the notebook's residual_scaling: std 0.02 * 0.5 = 0.01
+    else:
+        nn.init.kaiming_uniform_(w, nonlinearity="relu", generator=ctx.generator)  # Var = 2/fan_in
