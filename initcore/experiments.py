@@ -147,3 +147,10 @@ FAILURE_RUNS = {
 # --- 6. the notebook's InitializationUtils report on its SimpleTransformer ---------------------------
 SIMPLE_TRANSFORMER = TransformerConfig(vocab_size=1000, d_model=256, n_heads=8, d_ff=1024, n_layers=6,
                                        attention="torch_mha")
+
+# --- 6b. the InitializationUtils strategies of that report (initcore.health, bench/test_health_report.py) ---
+# The notebook's two strategies on its SimpleTransformer, on its input: batch 8, sequence 32.
+HEALTH_RUNS = {
+    "Standard Xavier": TransformerRun(SIMPLE_TRANSFORMER, "notebook_xavier", batch=8, seq_len=32),
+    "He + residual scaling": TransformerRun(SIMPLE_TRANSFORMER, "notebook_he_residual", batch=8, seq_len=32),
+}
