@@ -1,0 +1,295 @@
+"""Tests for initcore.diagnose on hand-written trace frames: every symptom at and around its threshold,
+the depth-trend fit on exact geometric profiles, fixes applied to stand-in runs, and the notebook's
+health rules. No torch: the module reads frames."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from initcore import diagnose as D
+from initcore import theory
+
+
+def mlp_frame(**columns) -> pd.DataFrame:
+    """An MLP-shaped trace frame with one row per value of the given columns."""
+    n = len(next(iter(columns.values())))
+    return pd.DataFrame({"module": [f"layers.{i}" for i in range(n)], "kind": "linear", "layer": range(n), **columns})
+
+
+def symptoms(frame: pd.DataFrame) -> list[str]:
+    return list(D.diagnose(frame)["symptom"])
+
+
+# --- row symptoms ------------------------------------------------------------------------------------
+
+
+def test_vanishing_gradients_strictly_below_1e_minus_6():
+    found = D.diagnose(mlp_frame(grad_norm=[0.0, 1e-7, 1e-6, 0.3]))
+    (row,) = found.itertuples()
+    assert row.symptom == "vanishing_gradients"
+    assert row.modules == ("layers.0", "layers.1")  # 1e-6 itself is not below 1e-6
+    assert row.layers == (0, 1)
+    assert (row.n_affected, row.n_checked) == (2, 4)
+    assert row.value == 0.0  # the worst: an exact zero (underflow)
+    assert "2 of 4" in row.evidence
+
+
+def test_exploding_gradients_above_10_counts_inf():
+    found = D.diagnose(mlp_frame(grad_norm=[10.0, 10.5, math.inf]))
+    (row,) = found.itertuples()
+    assert row.symptom == "exploding_gradients"
+    assert row.layers == (1, 2)
+    assert row.value == math.inf
+
+
+def test_nan_statistics_mean_does_not_apply():
+    # NaN is the probe's "this statistic does not apply" (saturated_frac of a ReLU, grad of a frozen row)
+    assert symptoms(mlp_frame(grad_norm=[math.nan, 0.5], saturated_frac=[math.nan, math.nan])) == []
+
+
+def test_dead_relu_above_0_6():
+    # 0.55 is a healthy ReLU layer plus noise (half its outputs are zero by construction)
+    found = D.diagnose(mlp_frame(dead_frac=[0.5, 0.55, 0.6, 0.61, 1.0]))
+    (row,) = found.itertuples()
+    assert row.symptom == "dead_relu"
+    assert row.layers == (3, 4)
+    assert row.value == 1.0
+
+
+def test_saturation_above_0_3():
+    found = D.diagnose(mlp_frame(saturated_frac=[0.3, 0.31, math.nan]))
+    assert list(found["symptom"]) == ["saturation"]
+    assert found["layers"].iloc[0] == (1,)
+    assert found["n_checked"].iloc[0] == 2
+
+
+def test_nan_inf_counts():
+    found = D.diagnose(mlp_frame(nan_count=[0.0, 3.0, 0.0], inf_count=[0.0, 0.0, 5.0]))
+    (row,) = found.itertuples()
+    assert row.symptom == "nan_inf"
+    assert row.modules == ("layers.1", "layers.2")
+    assert row.value == 5.0
+    assert "first at layers.1" in row.evidence
+
+
+def test_block_rows_are_left_out_of_gradient_checks():
+    # A block's gradient sums its attention's and feed-forward's (and its norms'): judge the parts.
+    frame = pd.DataFrame({"module": ["blocks.0.attn", "blocks.0.ffn", "blocks.0"], "kind": ["attn", "ffn", "block"],
+                          "layer": [0, 0, 0], "grad_norm": [0.5, 0.5, 20.0]})
+    assert symptoms(frame) == []
+
+
+def test_several_symptoms_in_registry_order_and_fixes_attached():
+    frame = mlp_frame(grad_norm=[1e-9, 20.0], dead_frac=[0.9, 0.0])
+    found = D.diagnose(frame)
+    assert list(found["symptom"]) == ["vanishing_gradients", "exploding_gradients", "dead_relu"]
+    for row in found.itertuples():
+        assert row.fixes == tuple(f.text for f in D.SYMPTOMS[row.symptom].fixes)
+    assert list(D.first_fixes(found)) == list(found["symptom"])
+
+
+def test_healthy_frame_gives_an_empty_frame_with_the_columns():
+    found = D.diagnose(mlp_frame(grad_norm=[0.1, 0.2, 0.3], preact_std=[1.0, 1.0, 1.0], dead_frac=[0.5, 0.5, 0.0]))
+    assert found.empty
+    assert tuple(found.columns) == D.FINDING_COLUMNS
+    assert D.format_findings(found).startswith("healthy: no symptom found")
+
+
+def test_missing_identity_columns_raise_and_missing_statistics_are_silent():
+    with pytest.raises(ValueError, match="module and layer"):
+        D.diagnose(pd.DataFrame({"grad_norm": [1e-9]}))
+    assert symptoms(pd.DataFrame({"module": ["a"], "layer": [0]})) == []  # kind defaults to linear
+
+
+# --- depth trends -------------------------------------------------------------------------------------
+
+
+def test_trend_fit_is_exact_on_a_geometric_profile():
+    fit = D.depth_trend(mlp_frame(preact_std=[0.5**i for i in range(8)]))
+    assert fit["factor"] == pytest.approx(0.5, rel=1e-12)
+    assert fit["r2"] == pytest.approx(1.0, abs=1e-12)
+    assert fit["statistic"] == "preact_std"
+    assert (fit["first"], fit["last"]) == (1.0, 0.5**7)
+
+
+@pytest.mark.parametrize(("factor", "depth", "expected"), [
+    (0.5, 8, ["shrinking_signal"]),
+    (2.0, 8, ["growing_signal"]),
+    (0.7, 8, ["shrinking_signal"]),  # ReLU under Xavier: 0.7^7 = 0.082, over a decade
+    (0.7, 6, []),  # the same rate over 5 steps: 0.17, still inside the decade
+    (0.82, 20, []),  # large (0.82^19 = 0.023) but slow: inside [0.8, 1.25]
+    (1.0, 10, []),
+])
+def test_trend_needs_fast_and_large(factor, depth, expected):
+    assert symptoms(mlp_frame(preact_std=[factor**i for i in range(depth)])) == expected
+
+
+def test_trend_needs_a_line():
+    # A flat profile that falls off a cliff at the end: steep on average, but not a rate (R² < 0.9).
+    frame = mlp_frame(preact_std=[1.0] * 7 + [1e-8])
+    fit = D.depth_trend(frame)
+    assert fit["factor"] < 1 / D.TREND_FACTOR and fit["factor"] ** 7 < 1 / D.TREND_TOTAL  # fast and large
+    assert fit["r2"] < D.TREND_R2
+    assert symptoms(frame) == []
+
+
+def test_trend_on_tanh_under_xavier_is_not_geometric():
+    # The mean field of tanh at sigma_w² = 1: q falls fast in the first layer, then as ~1/l. Over 6
+    # layers the fitted factor is ~0.8 but the std moves by 3x: no symptom.
+    std = theory.mlp_mean_field("tanh", 6, 1.0)["preact_std"]
+    fit = D.depth_trend(mlp_frame(preact_std=list(std)))
+    assert fit["factor"] < 1 / D.TREND_FACTOR * 1.1
+    assert symptoms(mlp_frame(preact_std=list(std))) == []
+
+
+def test_trend_skips_zero_and_nonfinite_and_needs_three_layers():
+    assert D.depth_trend(mlp_frame(preact_std=[1.0, 0.0, math.nan])) is None
+    fit = D.depth_trend(mlp_frame(preact_std=[1.0, 0.0, 0.01, 1e-4]))
+    assert fit["layers"] == (0, 2, 3)
+
+
+def test_trend_reads_act_std_of_blocks_in_a_transformer():
+    rows = []
+    for i in range(6):
+        rows += [{"module": f"blocks.{i}.attn", "kind": "attn", "layer": i, "act_std": 1.0},
+                 {"module": f"blocks.{i}.ffn", "kind": "ffn", "layer": i, "act_std": 1.0},
+                 {"module": f"blocks.{i}", "kind": "block", "layer": i, "act_std": 3.0**i}]
+    frame = pd.DataFrame(rows)
+    fit = D.depth_trend(frame)
+    assert fit["modules"] == tuple(f"blocks.{i}" for i in range(6))
+    assert fit["factor"] == pytest.approx(3.0)
+    assert symptoms(frame) == ["growing_signal"]
+    # the residual stream of a pre-norm stack grows as sqrt(l + 1): algebraic, not flagged
+    frame.loc[frame["kind"] == "block", "act_std"] = np.sqrt(theory.residual_variance(6, 1.0, 0.0))
+    assert symptoms(frame) == []
+
+
+# --- the guide as data, and its fixes -------------------------------------------------------------------
+
+
+def test_symptom_table_is_the_guide():
+    table = D.symptom_table()
+    assert list(table["symptom"]) == list(D.SYMPTOMS)
+    assert {"vanishing_gradients", "exploding_gradients", "dead_relu", "saturation", "nan_inf",
+            "shrinking_signal", "growing_signal"} == set(table["symptom"])
+    assert table["first_fix_applies"].all()
+    assert (table["fixes"].map(len) >= 2).all()
+    by_name = table.set_index("symptom")
+    assert by_name.loc["vanishing_gradients", "threshold"] == 1e-6  # the notebook's bounds
+    assert by_name.loc["exploding_gradients", "threshold"] == 10.0
+    assert by_name.loc["saturation", "threshold"] == 0.3
+
+
+@dataclass(frozen=True)
+class FakeMLP:
+    activation: str
+    depth: int = 6
+
+
+@dataclass(frozen=True)
+class FakeTransformer:
+    norm_position: str = "post"
+
+
+@dataclass(frozen=True)
+class FakeRun:
+    model: object
+    init: str = "normal:2.0"
+    gain: float | None = 1.5
+    bias: float | None = -0.5
+
+
+def test_standard_init_by_activation():
+    assert set(D.STANDARD_INIT) == set(theory.ACTIVATIONS)
+    assert D.standard_init(FakeRun(FakeMLP("relu"))) == FakeRun(FakeMLP("relu"), "kaiming_normal", None, -0.5)
+    assert D.standard_init(FakeRun(FakeMLP("tanh"))).init == "xavier_normal"
+    assert D.standard_init(FakeRun(FakeMLP("selu"))).init == "lecun_normal"
+
+
+def test_dead_relu_fixes_change_bias_then_activation():
+    first, second = (f.apply(FakeRun(FakeMLP("relu"))) for f in D.SYMPTOMS["dead_relu"].fixes[:2])
+    assert first == FakeRun(FakeMLP("relu"), bias=0.01)
+    assert second == FakeRun(FakeMLP("leaky_relu"))
+
+
+def test_fixes_refuse_runs_they_do_not_fit():
+    with pytest.raises(ValueError, match="activation"):
+        D.standard_init(FakeRun(FakeTransformer()))
+    pre_norm = D.SYMPTOMS["vanishing_gradients"].fixes[2]
+    assert pre_norm.apply(FakeRun(FakeTransformer())).model.norm_position == "pre"
+    with pytest.raises(ValueError, match="norm_position"):
+        pre_norm.apply(FakeRun(FakeMLP("relu")))
+
+
+def test_format_findings_names_symptom_evidence_and_first_fixes():
+    text = D.format_findings(D.diagnose(mlp_frame(grad_norm=[1e-9, 1e-8])), n_fixes=1)
+    lines = text.splitlines()
+    assert lines[0].startswith("Vanishing gradients [vanishing_gradients]: grad_norm < 1e-06 in 2 of 2")
+    assert lines[1] == "  fix: " + D.SYMPTOMS["vanishing_gradients"].fixes[0].text
+    assert len(lines) == 2
+
+
+def test_no_torch_import():
+    code = "import sys, initcore.diagnose; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- the notebook's health report -------------------------------------------------------------------------
+
+
+def stats(**columns) -> pd.DataFrame:
+    n = len(next(iter(columns.values())))
+    base = {"module": [f"m{i}" for i in range(n)], "mean": [0.0] * n, "std": [1.0] * n, "min": [-1.0] * n,
+            "max": [1.0] * n, "nan_count": [0] * n, "inf_count": [0] * n}
+    return pd.DataFrame({**base, **columns})
+
+
+def test_health_rules_at_their_bounds():
+    table = D.health_table(stats(mean=[0.0, 0.1, -0.11, 0.0, 0.0, 0.0, 0.0, 0.5],
+                                 std=[1.0, 1.0, 1.0, 0.1, 0.099, 10.0, 10.5, 0.01],
+                                 nan_count=[0, 0, 0, 0, 0, 0, 0, 2], inf_count=[0, 0, 0, 0, 0, 0, 0, 1]))
+    assert list(table["issues"]) == ["", "", "Mean too large", "", "Poor variance", "", "Poor variance",
+                                     "NaN values, Inf values, Mean too large, Poor variance"]
+    assert list(table["healthy"]) == [True, True, False, True, False, True, False, False]
+    assert tuple(table.columns) == D.HEALTH_COLUMNS
+
+
+@pytest.mark.parametrize(("healthy", "total", "verdict"), [
+    (5, 5, "Initialization looks good!"),
+    (9, 10, "Mostly good, minor issues"),
+    (4, 5, "Initialization needs improvement"),  # the notebook's "> 80%" is strict
+    (0, 0, "no layers measured"),
+])
+def test_health_summary_verdicts(healthy, total, verdict):
+    table = D.health_table(stats(std=[1.0] * healthy + [0.01] * (total - healthy)) if total else stats(std=[])[:0])
+    assert D.health_summary(table) == {"healthy": healthy, "total": total, "verdict": verdict}
+
+
+def test_format_health_prints_each_layer_and_the_summary():
+    text = D.format_health(D.health_table(stats(module=["blocks.0.ffn.fc1", "x"], mean=[0.01234, 0.5])))
+    lines = text.splitlines()
+    assert lines[0].split() == ["module", "mean", "std", "range", "issues"]
+    assert lines[2].split()[:3] == ["blocks.0.ffn.fc1", "0.0123", "1.0000"] and lines[2].endswith("healthy")
+    assert lines[3].endswith("Mean too large")
+    assert "[   -1.00,     1.00]" in lines[3]
+    assert lines[-1] == "SUMMARY: 1/2 layers healthy: Initialization needs improvement"
+
+
+def test_health_from_trace_renames_the_probe_columns():
+    frame = mlp_frame(act_mean=[0.5], act_std=[0.05], act_min=[-1.0], act_max=[2.0], nan_count=[0.0],
+                      inf_count=[0.0], grad_norm=[1.0])
+    table = D.health_table(D.health_from_trace(frame))
+    assert table.loc[0, ["module", "mean", "std", "min", "max"]].tolist() == ["layers.0", 0.5, 0.05, -1.0, 2.0]
+    assert table.loc[0, "issues"] == "Mean too large, Poor variance"
+
+
+def test_health_table_names_missing_columns():
+    with pytest.raises(ValueError, match="missing std"):
+        D.health_table(stats(mean=[0.0]).drop(columns="std"))
