@@ -1,4 +1,5 @@
-"""The ``initcore`` command line: ``trace`` a model at init layer by layer, ``list`` what there is.
+"""The ``initcore`` command line: ``trace`` a model at init layer by layer, ``diagnose`` it, draw the
+notebook's figures as a ``report``, ``list`` what there is.
 
 Adding a command: write ``_add_<name>(subparsers)`` (reuse ``add_model_options`` and
 ``build_model_and_inputs`` for a model), a handler ``(args) -> exit status``, call the former in
@@ -219,9 +220,78 @@ def _add_compare(subparsers) -> None:
     compare.add_arguments(p)
 
 
+# --- diagnose --------------------------------------------------------------------------------------
+
+
+def _add_diagnose(subparsers) -> None:
+    p = subparsers.add_parser(
+        "diagnose", help="name the symptoms of a model at init, their evidence and fixes",
+        description="Trace one forward and backward pass of a freshly initialized model (the options of "
+                    "`initcore trace`) and name each symptom of initcore.diagnose.SYMPTOMS found in it, with its "
+                    "evidence and first fixes, or say that it is healthy.",
+        epilog="Exit status: 0 whether or not symptoms are found (a diagnosis is a report, not a test; use "
+               "--format json to act on it), 2 on bad input.")
+    add_model_options(p)
+    p.add_argument("--loss", choices=probe.LOSSES, default=None,
+                   help="as for trace; default: mean for an mlp, random for transformers")
+    p.add_argument("--fixes", type=int, default=2, metavar="N", help="fixes shown per symptom (default 2)")
+    p.add_argument("--health", action="store_true",
+                   help="also print the notebook's per-layer health report (mean, std, range, issues)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text (default) or json: one record per symptom found")
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from initcore import diagnose
+
+    if args.fixes < 0:
+        raise ValueError(f"--fixes must be >= 0, got {args.fixes}")
+    model, inputs = build_model_and_inputs(args)
+    loss = args.loss or ("mean" if args.model == "mlp" else "random")
+    frame = probe.trace(model, inputs, loss=loss)
+    findings = diagnose.diagnose(frame)
+    if args.format == "json":
+        sys.stdout.write(findings.to_json(orient="records", double_precision=10) + "\n")
+        return 0
+    print(f"# {_describe(args)}, loss {loss}")
+    sys.stdout.write(diagnose.format_findings(findings, n_fixes=args.fixes))
+    if args.health:
+        sys.stdout.write("\n" + diagnose.format_health(diagnose.health_table(diagnose.health_from_trace(frame))))
+    return 0
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def _add_report(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report", help="the notebook's figures from the probe, with theory, as PNGs and an index.html",
+        description="Run the experiments of initcore.experiments, write each figure as DIR/<name>.png with its "
+                    "table as DIR/<name>.csv, and DIR/index.html to open in a browser. Needs matplotlib "
+                    "(pip install 'initcore[plot]').",
+        epilog="Exit status: 0 when written, 2 on bad input or without matplotlib.")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created if missing)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights and inputs (default 0)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from initcore import report
+
+    try:
+        index = report.write_report(args.out, seed=args.seed)
+    except report.PlottingUnavailable as e:
+        print(f"initcore: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unwritable --out
+        raise ValueError(f"--out {args.out}: {e.strerror or e}") from None
+    print(f"wrote {index} (open it in a browser)")
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------------
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"trace": _trace, "list": _list, "compare": compare.run}
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"trace": _trace, "list": _list, "compare": compare.run,
+                                                           "diagnose": _diagnose, "report": _report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trace(subparsers)
     _add_list(subparsers)
     _add_compare(subparsers)
+    _add_diagnose(subparsers)
+    _add_report(subparsers)
     return parser
 
 
