@@ -350,8 +350,7 @@ def first_fixes(findings: pd.DataFrame) -> dict[str, Fix]:
 def format_findings(findings: pd.DataFrame, n_fixes: int = 2) -> str:
     """The findings as text: each symptom, its evidence and its first ``n_fixes`` fixes; or "healthy"."""
     if findings.empty:
-        checks = ", ".join(s.problem.lower() for s in SYMPTOMS.values())
-        return f"healthy: no symptom found (checked {checks})\n"
+        return f"healthy: no symptom found (checked: {', '.join(SYMPTOMS)})\n"
     lines = []
     for row in findings.itertuples(index=False):
         lines.append(f"{row.problem} [{row.symptom}]: {row.evidence}")

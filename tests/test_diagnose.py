@@ -293,3 +293,49 @@ def test_health_from_trace_renames_the_probe_columns():
 def test_health_table_names_missing_columns():
     with pytest.raises(ValueError, match="missing std"):
         D.health_table(stats(mean=[0.0]).drop(columns="std"))
+
+
+# --- the command line -------------------------------------------------------------------------------------
+
+SMALL_RELU = ["--activation", "relu", "--depth", "4", "--width", "64", "--batch", "32"]
+
+
+def test_cli_diagnose_names_each_symptom_with_evidence_and_first_fixes(capsys):
+    from initcore import cli
+
+    assert cli.main(["diagnose", *SMALL_RELU, "--init", "normal:2.0", "--loss", "square", "--fixes", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# mlp 64->64 x4 relu, init normal:2.0") and out[0].endswith("loss square")
+    assert out[1].startswith("Exploding gradients [exploding_gradients]: grad_norm > 10 in 4 of 4 modules")
+    assert out[2] == "  fix: " + D.SYMPTOMS["exploding_gradients"].fixes[0].text
+    assert out[3].startswith("Signal grows geometrically with depth [growing_signal]: preact_std growing x")
+    assert len(out) == 5
+
+
+def test_cli_diagnose_says_healthy_and_exits_0(capsys):
+    from initcore import cli
+
+    assert cli.main(["diagnose", *SMALL_RELU, "--init", "kaiming_normal", "--health"]) == 0
+    out = capsys.readouterr().out
+    assert "\nhealthy: no symptom found (checked: vanishing_gradients, " in out
+    assert out.rstrip().splitlines()[-1].startswith("SUMMARY: ")
+
+
+def test_cli_diagnose_json(capsys):
+    import json
+
+    from initcore import cli
+
+    assert cli.main(["diagnose", *SMALL_RELU, "--init", "kaiming_normal", "--bias", "-1", "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["symptom"] for r in records] == ["dead_relu"]
+    assert records[0]["fixes"][0] == D.SYMPTOMS["dead_relu"].fixes[0].text
+
+
+def test_cli_diagnose_bad_input_is_one_line_and_status_2(capsys):
+    from initcore import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["diagnose", "--fixes", "-1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "initcore: error: --fixes must be >= 0, got -1\n"

@@ -48,9 +48,19 @@ def _csv(out: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(out / f"{name}.csv")
 
 
-def _fresh(run, loss=None) -> pd.DataFrame:
-    model, inputs = run.build(torch.Generator().manual_seed(SEED))
-    frame = probe.trace(model, inputs, loss=loss or run.loss)
+_TRACES: dict = {}
+
+
+def _trace(run) -> pd.DataFrame:
+    """A fresh trace of ``run`` at SEED, independent of the report's (cached across these tests)."""
+    if run not in _TRACES:
+        model, inputs = run.build(torch.Generator().manual_seed(SEED))
+        _TRACES[run] = probe.trace(model, inputs, loss=run.loss)
+    return _TRACES[run]
+
+
+def _fresh(run) -> pd.DataFrame:
+    frame = _trace(run)
     return frame[frame["kind"] == "linear"].reset_index(drop=True) if hasattr(run, "gain") else frame
 
 
@@ -149,7 +159,7 @@ def test_diagnosis_table_is_diagnose_of_each_trace(out):
     runs = [*RUNS.depth.values(), *RUNS.activation.values()]
     assert list(table["key"]) == [run.key for run in runs]
     for run, row in zip(runs, table.itertuples(), strict=True):
-        found = diagnose.diagnose(probe.trace(*run.build(torch.Generator().manual_seed(SEED)), loss=run.loss))
+        found = diagnose.diagnose(_trace(run))
         assert row.symptoms == (", ".join(found["symptom"]) or "healthy")
     assert list(_csv(out, "symptoms")["symptom"]) == list(diagnose.SYMPTOMS)
 
@@ -177,3 +187,40 @@ def test_atomic_write_leaves_the_old_file_when_it_fails(tmp_path, monkeypatch):
         report._atomic_write(target, b"newer")
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["index.html"]  # the temporary file is gone
+
+
+# --- the command line -------------------------------------------------------------------------------------
+
+
+def test_cli_report_writes_the_page(tmp_path, monkeypatch, capsys):
+    from initcore import cli
+
+    seeds = []
+    monkeypatch.setattr(report, "collect", lambda seed, runs=None: seeds.append(seed) or [])  # what is drawn: above
+    assert cli.main(["report", "--out", str(tmp_path / "r"), "--seed", "1"]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'r' / 'index.html'} (open it in a browser)\n"
+    assert "seed 1" in (tmp_path / "r" / "index.html").read_text()
+    assert seeds == [1]
+
+
+def test_cli_report_without_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):
+    from initcore import cli
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli.main(["report", "--out", str(tmp_path / "r")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "initcore: error: matplotlib is not installed; pip install 'initcore[plot]'\n"
+    assert captured.out == ""
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_report_unwritable_out_is_one_line(tmp_path, monkeypatch, capsys):
+    from initcore import cli
+
+    monkeypatch.setattr(report, "collect", lambda seed, runs=None: [])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["report", "--out", str(tmp_path / "file")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"initcore: error: --out {tmp_path / 'file'}: ") and err.count("\n") == 1
