@@ -7,6 +7,7 @@ inputs), so a run on CUDA starts from exactly the numbers of the same run on the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -154,3 +155,137 @@ HEALTH_RUNS = {
     "Standard Xavier": TransformerRun(SIMPLE_TRANSFORMER, "notebook_xavier", batch=8, seq_len=32),
     "He + residual scaling": TransformerRun(SIMPLE_TRANSFORMER, "notebook_he_residual", batch=8, seq_len=32),
 }
+
+
+# === modern strategies: depth, attention, the packed in_proj, width (issue 7) ==========================
+# The configurations of bench/test_depth_scaling.py, test_attention_init.py, test_mha_trap.py and
+# test_width.py, and the per-role weight variance each strategy promises (their theory's input).
+# Sizes are small enough that the whole set traces in a few seconds on a CPU; ``*_LARGE`` go further.
+
+MODERN_LOSS = "random"  # the stacks end in a norm: only a random projection sends a gradient back
+
+
+def _modern_run(cfg: TransformerConfig, strategy: str, batch: int, seq_len: int) -> TransformerRun:
+    return TransformerRun(init.strategies.config_for(strategy, cfg), strategy, batch=batch, seq_len=seq_len,
+                          loss=MODERN_LOSS)
+
+
+# Var(w) = std^2 / TRUNC_3SIGMA_VAR for a normal truncated at +-3 std: 1 - 2*3*phi(3)/(2*Phi(3) - 1).
+TRUNC_3SIGMA_VAR = 1 - 6 * math.exp(-4.5) / math.sqrt(2 * math.pi) / math.erf(3 / math.sqrt(2))
+
+
+def promised_variance(strategy: str, role: str, fan_in: int, fan_out: int, block: int, n_layers: int,
+                      part: str = "") -> float:
+    """Var(w) of one weight matrix as strategy ``strategy``'s source states it (not read from its rule).
+
+    ``role`` as in ``initcore.models.ROLES``; ``part`` is "q", "k" or "v" for qkv; (fan_in, fan_out) of
+    the matrix (an embedding's fan_in is the vocabulary); ``block`` 0-based. These formulas are the
+    bench's oracle: the rules in ``initcore.init.strategies`` are checked against them, not with them.
+    """
+    out = role in ("attn_out", "mlp_out")
+    if strategy in ("small_normal", "small_init"):
+        return 0.02**2
+    if strategy == "gpt2":
+        return (0.02 / math.sqrt(2 * n_layers)) ** 2 if out else 0.02**2
+    if strategy == "olmo_mitchell":
+        if role == "embedding":
+            return TRUNC_3SIGMA_VAR / fan_out
+        return TRUNC_3SIGMA_VAR / (2 * fan_in * (block + 1) if out else fan_in)
+    if strategy == "neox_small_init":
+        d = fan_out if role == "embedding" else (fan_in if role != "mlp_out" else fan_out)  # d_model
+        return 4 / (n_layers**2 * d) if out else 2 / (5 * d)
+    if strategy == "xavier_normal":
+        return 2 / (fan_in + fan_out)
+    if strategy in ("xavier_uniform", "rezero", "fixup", "deepnorm"):
+        if strategy == "fixup" and out:
+            return 0.0
+        if strategy in ("fixup", "rezero") and role == "embedding":
+            return 1.0
+        beta2 = 1.0
+        if strategy == "deepnorm" and (role in ("attn_out", "mlp_in", "mlp_out") or part == "v"):
+            beta2 = (8 * n_layers) ** -0.5  # beta^2, beta = (8L)^(-1/4)
+        return beta2 * 2 / (fan_in + fan_out)  # Xavier, uniform or normal: the same variance
+    if strategy == "kaiming_normal":
+        return 2 / fan_in
+    if strategy == "lecun_normal":
+        return 1 / fan_in
+    raise ValueError(f"no promised variance for strategy {strategy!r}")
+
+
+# --- depth: the residual stream of a pre-norm stack, L = 6 .. 48 (96 under -m large) ---------------------
+# d_model 64 and 16 sequences of 8 tokens: a 48-block trace takes ~0.3 s on one CPU core.
+DEPTH_BASE = TransformerConfig(vocab_size=256, d_model=64, n_heads=4, d_ff=256, n_layers=6)
+DEPTHS = (6, 12, 24, 48)
+DEPTHS_LARGE = (96,)
+DEPTH_STRATEGIES = {  # strategy -> how its stream variance depends on depth L (from its output-projection std)
+    "small_normal": "grows",  # unscaled: every block adds the same branch variance, Var_L ~ L
+    "gpt2": "bounded",  # 0.02/sqrt(2L): the 2L additions sum to an L-independent total
+    "olmo_mitchell": "grows",  # 1/sqrt(2 d (l+1)): block l adds ~1/(l+1), Var_L ~ log L
+    "neox_small_init": "shrinks",  # 2/(L sqrt(d)): block adds ~1/L^2, Var_L - Var_0 ~ 1/L
+}
+
+
+def depth_run(strategy: str, n_layers: int) -> TransformerRun:
+    return _modern_run(replace(DEPTH_BASE, n_layers=n_layers), strategy, batch=16, seq_len=8)
+
+
+# not DEPTH_RUNS: section 1's MLP runs have that name
+DEPTH_SCALING_RUNS = {(s, n): depth_run(s, n) for s in DEPTH_STRATEGIES for n in DEPTHS}
+DEPTH_SCALING_RUNS_LARGE = {(s, n): depth_run(s, n) for s in DEPTH_STRATEGIES for n in DEPTHS_LARGE}
+
+# DeepNorm's post-norm stream is renormalized after every block; what its alpha and beta bound is the
+# share of each block's update, Var(f) / (alpha^2 Var(x)) ~ beta^4 / alpha^2 = (8L)^(-1) (2L)^(-1/2).
+DEEPNORM_RUNS = {n: depth_run("deepnorm", n) for n in DEPTHS}
+
+# Blocks that are the identity at init: a pre-norm stack (post-norm would still apply its norm).
+IDENTITY_STRATEGIES = ("fixup", "rezero")
+IDENTITY_RUNS = {s: _modern_run(DEPTH_BASE, s, batch=4, seq_len=8) for s in IDENTITY_STRATEGIES}
+
+# --- attention at init: block 0 of a pre-norm stack, its input LayerNorm'd ------------------------------
+ATTENTION_BASE = TransformerConfig(vocab_size=512, d_model=128, n_heads=4, d_ff=256, n_layers=1)
+ATTENTION_STRATEGIES = ("xavier_uniform", "kaiming_normal", "small_normal", "gpt2", "olmo_mitchell",
+                        "neox_small_init", "deepnorm", "rezero")
+SEQ_LENS = (8, 32, 128)
+ATTENTION_RUNS = {(s, t): _modern_run(ATTENTION_BASE, s, batch=128 // t, seq_len=t)  # 128 tokens each
+                  for s in ATTENTION_STRATEGIES for t in SEQ_LENS}
+D_HEADS = (16, 32, 64, 128)  # at d_model 128: 8, 4, 2 and 1 heads
+HEAD_RUNS = {(s, dh): _modern_run(replace(ATTENTION_BASE, n_heads=ATTENTION_BASE.d_model // dh), s, batch=4,
+                                  seq_len=32)
+             for s in ("xavier_uniform", "olmo_mitchell") for dh in D_HEADS}
+
+# --- the nn.MultiheadAttention trap: the packed (3E, E) in_proj ----------------------------------------
+MHA_TRAP_BASE = TransformerConfig(vocab_size=256, d_model=128, n_heads=4, d_ff=256, n_layers=2)
+MHA_TRAP_RUNS = {  # torch's own init of the packed weight against Xavier per (E, E) projection
+    "torch_default-packed": _modern_run(replace(MHA_TRAP_BASE, attention="torch_mha"), "torch_default", 4, 32),
+    "xavier_uniform-packed": _modern_run(replace(MHA_TRAP_BASE, attention="torch_mha"), "xavier_uniform", 4, 32),
+    "xavier_uniform-separate": _modern_run(MHA_TRAP_BASE, "xavier_uniform", 4, 32),
+}
+
+
+def packing_runs(strategy: str) -> tuple[TransformerRun, TransformerRun]:
+    """(separate q, k, v; packed in_proj) runs of one strategy on MHA_TRAP_BASE: every registered strategy
+    must give each packed (E, E) chunk the variance of the matching separate projection."""
+    return (_modern_run(MHA_TRAP_BASE, strategy, 4, 32),
+            _modern_run(replace(MHA_TRAP_BASE, attention="torch_mha"), strategy, 4, 32))
+
+
+# --- width: a coordinate check over d_model 128 .. 1024 (2048 under -m large) ----------------------------
+# Two pre-norm blocks, d_ff = 4 d_model, heads of 32, 16 sequences of 4 tokens (many sequences: a block's
+# near-uniform attention adds one vector to all positions of a sequence, and few sequences make the next
+# block's logit std noisy), several seeds.
+WIDTHS = (128, 256, 512, 1024)
+WIDTHS_LARGE = (128, 256, 512, 1024, 2048)
+WIDTH_SEEDS = 4
+WIDTH_STRATEGIES = {  # strategy -> whether it promises width-independent activations (1/sqrt(fan_in) scale)
+    "neox_small_init": True,
+    "small_normal": False,  # a fixed std: every Linear's output variance grows with its fan_in
+}
+WIDTH_STRATEGIES_LARGE = {**WIDTH_STRATEGIES, "xavier_normal": True, "olmo_mitchell": True}
+
+
+def width_run(strategy: str, width: int) -> TransformerRun:
+    cfg = TransformerConfig(vocab_size=256, d_model=width, n_heads=width // 32, d_ff=4 * width, n_layers=2)
+    return _modern_run(cfg, strategy, batch=16, seq_len=4)
+
+
+WIDTH_RUNS = {(s, w): width_run(s, w) for s in WIDTH_STRATEGIES_LARGE for w in WIDTHS_LARGE}
