@@ -1,19 +1,21 @@
 """Per-layer statistics of one forward and one backward pass, as a wide DataFrame (one row per module).
 
-``trace(model, inputs)`` hooks an MLP's Linear layers, or a transformer's attention, feed-forward and
-block outputs, takes each statistic inside the hook as a 0-d tensor on the model's device (no activation
-is kept), and copies them all to the host at once. ``to_long`` turns the frame into ``module,
-statistic, value`` rows; ``mlp_theory`` gives the mean-field predictions for the same MLP rows.
+``trace(model, inputs)`` hooks an MLP's layers, or a transformer's attention, feed-forward and block
+outputs; each hook reduces what it sees to a few numbers on the model's device at once (no activation
+is kept), and all of them cross to the host in one copy. ``to_long`` gives ``module, statistic, value``
+rows; ``mlp_theory`` and ``with_theory`` put mean-field predictions beside an MLP's measurements.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from initcore import theory
@@ -64,35 +66,113 @@ def _random_projection(out: torch.Tensor) -> torch.Tensor:
     return (out * r).mean()
 
 
-def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mean, unbiased std and sum of squares of all entries, by the two-pass method.
+# Each hook reduces what it sees to a few numbers in one small device vector (a _Raw); the host turns
+# them into statistics after the pass's single copy. Few device ops per hook: on a CPU each op costs
+# microseconds however small its tensor, and comparisons (isnan, >) are slower there than arithmetic.
 
-    Exact as ``x.std()`` (no E[x²] - E[x]² cancellation) at a fraction of its CPU time, where
-    ``torch.std_mean`` is ~5x slower still.
+
+_CPU_ONE_PASS = True  # tests switch it off to run, on a CPU, the path every other device takes
+
+
+class _Raw(NamedTuple):
+    to_statistics: Callable[[list[float], _Raw], dict[str, float]] | None
+    values: torch.Tensor  # 1-D, on the device
+    n: int = 0  # entries reduced
+    centred: bool = True  # values start [mean, sum of squared deviations], else [sum, sum of squares]
+    finite: bool = False  # known to hold no NaN or inf, so those were not counted
+
+
+def _moments(flat: torch.Tensor) -> tuple[list[torch.Tensor], bool, bool]:
+    """The first two moments of a 1-D tensor, exact as ``.std()``: (values, centred, finite) as in ``_Raw``.
+
+    The two-pass method (the mean, then the dot product of the deviations), except on a CPU, where the
+    tensor is in host memory and reading two sums costs no device sync: when every entry is finite and
+    mean² <= var, so that sum(x²) - sum(x)²/n loses less than a digit, one pass suffices, saving a pass
+    (2x faster on a weight gradient). ``torch.std`` is slower than either.
     """
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()  # half precision: accumulate in float32
-    n = x.numel()
-    mean = x.mean()
-    d = (x - mean).reshape(-1)
-    centred = torch.dot(d, d)
-    return mean, (centred / (n - 1)).sqrt(), centred + n * mean.square()
+    n = flat.numel()
+    total, squares = flat.sum(), torch.dot(flat, flat)
+    if flat.is_cpu and _CPU_ONE_PASS:
+        t, q = float(total.numpy()), float(squares.numpy())
+        if math.isfinite(q) and 2 * t * t <= n * q:
+            return [total, squares], False, True
+    mean = total / n
+    d = flat - mean
+    return [mean, torch.dot(d, d)], True, False
 
 
-def _output_stats(a: torch.Tensor, bounded: bool) -> dict[str, torch.Tensor]:
-    n = a.numel()
-    mean, std, squares = _moments(a)
-    lo, hi = torch.aminmax(a)
-    out = {"act_mean": mean, "act_std": std, "act_rms": (squares / n).sqrt(), "act_min": lo, "act_max": hi,
-           "dead_frac": 1 - torch.count_nonzero(a) / n,
-           "nan_count": torch.count_nonzero(torch.isnan(a)), "inf_count": torch.count_nonzero(torch.isinf(a))}
-    if bounded:
-        out["saturated_frac"] = torch.count_nonzero(a.abs() > theory.SATURATION_THRESHOLD) / n
+def _moments_raw(x: torch.Tensor, to_statistics=None) -> _Raw:
+    flat = _detached(x).reshape(-1)
+    moments, centred, finite = _moments(flat)
+    return _Raw(to_statistics, torch.stack(moments), flat.numel(), centred, finite)
+
+
+def _output_raw(a: torch.Tensor, bounded: bool) -> _Raw:
+    """[2 moments, min, max, nonzero(, nonfinite, inf)(, saturated)] of a module's output.
+
+    Counts are float sums of 0/1 made by sign and threshold (exact below 2**24 entries): on a CPU
+    comparisons (isnan, >) and count_nonzero are slower than this arithmetic.
+    """
+    flat = a.reshape(-1)
+    moments, centred, finite = _moments(flat)
+    buf = torch.empty_like(flat)  # scratch: each count is taken before the next overwrites it
+    values = [*moments, *torch.aminmax(flat), torch.sign(flat, out=buf).abs_().nansum()]  # nonzero, NaN left out
+    if not finite:
+        values.append(torch.sub(flat, flat, out=buf).nan_to_num_(nan=1.0).sum())  # NaN where flat is NaN or inf
+        values.append(F.threshold_(torch.abs(flat, out=buf), torch.finfo(flat.dtype).max, 0.0).sign_().sum())  # inf
+    if bounded:  # threshold keeps x where x > 0.9, and NaN > 0.9 is False
+        values.append(F.threshold_(torch.abs(flat, out=buf), theory.SATURATION_THRESHOLD, 0.0).sign_().sum())
+    return _Raw(_output, torch.stack(values), flat.numel(), centred, finite)
+
+
+def _sqrt(x: float) -> float:
+    return x**0.5 if x >= 0 else math.nan
+
+
+def _mean_centred(v: list[float], raw: _Raw) -> tuple[float, float, float]:
+    """(mean, sum of squared deviations, unbiased std) from a _Raw's first two values."""
+    mean, centred = (v[0], v[1]) if raw.centred else (v[0] / raw.n, max(v[1] - v[0] * v[0] / raw.n, 0.0))
+    return mean, centred, _sqrt(centred / (raw.n - 1)) if raw.n > 1 else math.nan
+
+
+def _output(v: list[float], raw: _Raw) -> dict[str, float]:
+    n = raw.n
+    mean, centred, std = _mean_centred(v, raw)
+    nonfinite, inf = (0.0, 0.0) if raw.finite else v[5:7]
+    nan = nonfinite - inf
+    out = {"act_mean": mean, "act_std": std, "act_rms": _sqrt((centred + n * mean * mean) / n), "act_min": v[2],
+           "act_max": v[3], "dead_frac": (n - v[4] - nan) / n, "nan_count": nan, "inf_count": inf}
+    if len(v) == (6 if raw.finite else 8):
+        out["saturated_frac"] = v[-1] / n
     return out
 
 
-def _attention_stats(logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Statistics of pre-softmax logits (B, heads, T, T), -inf where a key is masked."""
+def _preact(v: list[float], raw: _Raw) -> dict[str, float]:
+    mean, _, std = _mean_centred(v, raw)
+    return {"preact_mean": mean, "preact_std": std}
+
+
+def _out_grad(v: list[float], raw: _Raw) -> dict[str, float]:
+    return {"out_grad_norm": _sqrt(v[0])}
+
+
+def _grads(parts: list[tuple[list[float], _Raw]]) -> dict[str, float]:
+    """grad_norm, grad_mean, grad_std over several parameters' gradients, from each one's moments.
+
+    Chan et al.'s pairwise combination: exact as the two-pass over their concatenation, without it.
+    """
+    if not parts:
+        return {}
+    moments = [(*_mean_centred(v, raw)[:2], raw.n) for v, raw in parts]
+    n = sum(k for _, _, k in moments)
+    mean = sum(m * k for m, _, k in moments) / n
+    centred = sum(c + k * (m - mean) ** 2 for m, c, k in moments)
+    return {"grad_norm": _sqrt(centred + n * mean * mean), "grad_mean": mean,
+            "grad_std": _sqrt(centred / (n - 1)) if n > 1 else math.nan}
+
+
+def _attention_raw(logits: torch.Tensor) -> _Raw:
+    """[logit_std, attn_entropy, attn_entropy_norm, attn_max] of logits (B, heads, T, T), -inf where masked."""
     logits = logits.float()
     finite = torch.isfinite(logits)
     n = finite.sum()
@@ -103,16 +183,16 @@ def _attention_stats(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     log_keys = (finite.sum(-1) * 1.0).log()  # a causal query t sees t + 1 keys
     several = log_keys > 0  # a query seeing one key has entropy 0 of a maximum 0: left out
     norm = torch.where(several, entropy / log_keys.clamp_min(1e-12), 0.0).sum() / several.sum()
-    return {"logit_std": std, "attn_entropy": entropy.mean(), "attn_entropy_norm": norm,
-            "attn_max": p.amax(-1).mean()}
+    return _Raw(_attention, torch.stack([std, entropy.mean(), norm, p.amax(-1).mean()]))
 
 
-def _grad_stats(params: list[nn.Parameter]) -> dict[str, torch.Tensor]:
-    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
-    if not grads:
-        return {}
-    mean, std, squares = _moments(grads[0] if len(grads) == 1 else torch.cat(grads))
-    return {"grad_norm": squares.sqrt(), "grad_mean": mean, "grad_std": std}
+def _attention(v: list[float], raw: _Raw) -> dict[str, float]:
+    return dict(zip(("logit_std", "attn_entropy", "attn_entropy_norm", "attn_max"), v, strict=True))
+
+
+def _detached(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()  # a view: what follows builds no graph, without a no_grad context per hook call
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()  # half precision: reduce in float32
 
 
 class _Target(NamedTuple):
@@ -121,7 +201,7 @@ class _Target(NamedTuple):
     layer: int
     module: nn.Module  # whose output is measured
     params: list[nn.Parameter]  # whose gradients make grad_norm, grad_mean, grad_std
-    pre: nn.Module | None = None  # MLP: the Linear whose output is the pre-activation
+    preact: bool = False  # MLP: the module's input is the pre-activation (the Linear's output)
     bounded: bool = False  # saturated_frac applies
     attn: bool = False  # take attention statistics from module.logits(input)
 
@@ -129,7 +209,7 @@ class _Target(NamedTuple):
 def _targets(model: nn.Module) -> list[_Target]:
     if hasattr(model, "layers") and hasattr(model, "acts"):
         last = len(model.layers) - 1
-        return [_Target(f"layers.{i}", "linear", i, act, [linear.weight], pre=linear,
+        return [_Target(f"layers.{i}", "linear", i, act, [linear.weight], preact=True,
                         bounded=i < last and isinstance(act, _BOUNDED))
                 for i, (linear, act) in enumerate(zip(model.layers, model.acts, strict=True))]
     if hasattr(model, "blocks"):
@@ -142,32 +222,39 @@ def _targets(model: nn.Module) -> list[_Target]:
     raise ValueError(f"trace knows MLPs (layers, acts) and transformers (blocks); got {type(model).__name__}")
 
 
-def _hooks(target: _Target, row: dict[str, torch.Tensor]) -> list:
-    """Register ``target``'s hooks, each writing 0-d statistics into ``row``; return their handles."""
+def _hooks(target: _Target, row: list[_Raw]) -> list:
+    """Register ``target``'s module hooks, each appending a ``_Raw`` to ``row``; return their handles."""
 
     def out_grad(g: torch.Tensor) -> None:
-        row["out_grad_norm"] = torch.linalg.vector_norm(g.float())
+        flat = _detached(g).reshape(-1)
+        row.append(_Raw(_out_grad, torch.dot(flat, flat).reshape(1)))
 
-    @torch.no_grad()
     def on_output(module, args, output):
-        row.update(_output_stats(output, target.bounded))
+        raw = _output_raw(_detached(output), target.bounded)
+        row.append(raw)
+        if target.preact:  # an MLP's activation module: its input is the Linear's output
+            if args[0] is output:  # the last layer's Identity
+                row.append(raw._replace(to_statistics=_preact))
+            else:
+                row.append(_moments_raw(args[0], _preact))
         if output.requires_grad:
             output.register_hook(out_grad)  # lives on this tensor only: gone with the graph
 
-    @torch.no_grad()
-    def on_preact(module, args, output):
-        row["preact_mean"], row["preact_std"], _ = _moments(output)
-
-    @torch.no_grad()
     def on_attn_input(module, args):
-        row.update(_attention_stats(module.logits(args[0])))
+        with torch.no_grad():
+            row.append(_attention_raw(module.logits(args[0])))
 
     handles = [target.module.register_forward_hook(on_output)]
-    if target.pre is not None:
-        handles.append(target.pre.register_forward_hook(on_preact))
     if target.attn:
         handles.append(target.module.register_forward_pre_hook(on_attn_input))
     return handles
+
+
+def _on_grad(grads: dict[int, _Raw]):
+    # Runs as each .grad is accumulated, while it is still in cache: faster than after the backward.
+    def hook(p: torch.Tensor) -> None:
+        grads[id(p)] = _moments_raw(p.grad)
+    return hook
 
 
 def trace(model: nn.Module, inputs, loss: str | Callable[[torch.Tensor], torch.Tensor] = "mean", *,
@@ -175,7 +262,7 @@ def trace(model: nn.Module, inputs, loss: str | Callable[[torch.Tensor], torch.T
     """One forward and one backward pass of ``model`` on ``inputs``; per-module statistics, forward order.
 
     Columns are ``COLUMNS`` (see ``STATISTICS``), all statistics float64, NaN where one does not apply.
-    Stds are torch's unbiased ``.std()``, as in the notebook. The model runs in eval mode (no dropout)
+    Stds are unbiased, as torch's ``.std()`` and the notebook. The model runs in eval mode (no dropout)
     unless ``train``, and every module's training flag is restored afterwards; the model's ``.grad``s
     are set to None first, so the gradients are this pass's alone (they are left in place). Works on
     whatever device the model and inputs are on; the statistics cross to the host in one copy.
@@ -198,44 +285,45 @@ def trace(model: nn.Module, inputs, loss: str | Callable[[torch.Tensor], torch.T
     """
     loss_fn = _loss_fn(loss)
     targets = _targets(model)
-    rows: list[dict[str, torch.Tensor]] = [{} for _ in targets]
-    modes = [(m, m.training) for m in model.modules()]
+    rows: list[list[_Raw]] = [[] for _ in targets]
+    grads: dict[int, _Raw] = {}  # id(parameter) -> moments of its gradient
+    params = {id(p): p for t in targets for p in t.params if p.requires_grad}
+    flipped = [m for m in model.modules() if m.training != train]  # restored to (not train) afterwards
     handles = []
     try:
-        model.train(train)
+        for m in flipped:
+            m.training = train
         for target, row in zip(targets, rows, strict=True):
             handles += _hooks(target, row)
+        handles += [p.register_post_accumulate_grad_hook(_on_grad(grads)) for p in params.values()]
         model.zero_grad(set_to_none=True)
         output = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
         loss_fn(output).backward()
-        for target, row in zip(targets, rows, strict=True):
-            row.update(_grad_stats(target.params))
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes:
-            module.training = mode
-    return _to_frame(targets, rows)
+        for m in flipped:
+            m.training = not train
+    return _to_frame(targets, rows, grads)
 
 
-def _to_frame(targets: list[_Target], stats: list[dict[str, torch.Tensor]]) -> pd.DataFrame:
-    col = {k: j for j, k in enumerate(STATISTICS)}
-    table = np.full((len(stats), len(STATISTICS)), np.nan)
-    # Floats and counts stacked apart (an int64 count must not round through float32), then one copy.
-    cells = {True: [], False: []}
-    for r, row in enumerate(stats):
-        for k, v in row.items():
-            cells[v.is_floating_point()].append((r, col[k], v))
-    parts = [torch.stack([v for _, _, v in group]).double() for group in cells.values() if group]
-    if parts:
-        host = torch.cat(parts).tolist()  # the pass's only device -> host copy
-        for (r, j, _), value in zip(cells[True] + cells[False], host, strict=True):
-            table[r, j] = value
-    frame = pd.DataFrame(table, columns=list(STATISTICS))
-    frame.insert(0, "module", [t.name for t in targets])
-    frame.insert(1, "kind", [t.kind for t in targets])
-    frame.insert(2, "layer", np.array([t.layer for t in targets], dtype=np.int64))
-    return frame
+def _to_frame(targets: list[_Target], rows: list[list[_Raw]], grads: dict[int, _Raw]) -> pd.DataFrame:
+    raws = [raw for row in rows for raw in row] + list(grads.values())
+    host = torch.cat([raw.values for raw in raws]).tolist() if raws else []  # the only device -> host copy
+    values, at = {}, 0
+    for raw in raws:
+        size = raw.values.shape[0]
+        values[id(raw)] = host[at : at + size]
+        at += size
+    found: list[dict[str, float]] = []
+    for target, row in zip(targets, rows, strict=True):
+        stats = _grads([(values[id(grads[id(p)])], grads[id(p)]) for p in target.params if id(p) in grads])
+        for raw in row:
+            stats.update(raw.to_statistics(values[id(raw)], raw))
+        found.append(stats)
+    return pd.DataFrame({"module": [t.name for t in targets], "kind": [t.kind for t in targets],
+                         "layer": np.array([t.layer for t in targets], dtype=np.int64),
+                         **{k: np.array([s.get(k, math.nan) for s in found], dtype=np.float64) for k in STATISTICS}})
 
 
 def to_long(frame: pd.DataFrame) -> pd.DataFrame:
