@@ -128,9 +128,8 @@ def _xavier_ratios(name: str, run, seed: int) -> dict:
             "backward_ratio_theory": theory.backward_ratio(fan_out, var)}
 
 
-def _weights(label: str, run, seed: int, layer: int = 1) -> tuple[dict, np.ndarray]:
+def _weights(label: str, run, model, layer: int = 1) -> tuple[dict, np.ndarray]:
     """The initialized weight matrix of ``layers[layer]``: its statistics against the strategy's theory."""
-    model, _ = _build(run, seed)
     w = model.layers[layer].weight.detach().double().numpy().ravel()
     fan_out, fan_in = model.layers[layer].weight.shape
     var = theory.init_variance(run.init, fan_in, fan_out, run.gain)
@@ -285,7 +284,9 @@ def collect(seed: int = 0, runs: ReportRuns | None = None) -> list[Section]:
     runs = runs or ReportRuns()
     traced: list[tuple[str, object, pd.DataFrame]] = []  # (label, run, frame) for the diagnosis table
 
-    depth_frames = {name: _trace(run, seed) for name, run in runs.depth.items()}
+    depth_models = {name: _build(run, seed) for name, run in runs.depth.items()}
+    depth_frames = {name: probe.trace(model, inputs, loss=runs.depth[name].loss)
+                    for name, (model, inputs) in depth_models.items()}  # weights are read after: tracing keeps them
     traced += [(f"depth: {name}", runs.depth[name], f) for name, f in depth_frames.items()]
     depth = pd.concat([_mlp_profile(_DEPTH_LABELS.get(name, name), runs.depth[name], f)
                        for name, f in depth_frames.items()], ignore_index=True)
@@ -314,7 +315,7 @@ def collect(seed: int = 0, runs: ReportRuns | None = None) -> list[Section]:
 
     weight_rows, weight_values = [], {}
     for name, run in runs.depth.items():
-        row, w = _weights(_DEPTH_LABELS.get(name, name), run, seed)
+        row, w = _weights(_DEPTH_LABELS.get(name, name), run, depth_models[name][0])
         weight_rows.append(row)
         weight_values[row["run"]] = w
     weights = pd.DataFrame(weight_rows)
