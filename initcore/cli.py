@@ -236,7 +236,8 @@ def _add_diagnose(subparsers) -> None:
                    help="as for trace; default: mean for an mlp, random for transformers")
     p.add_argument("--fixes", type=int, default=2, metavar="N", help="fixes shown per symptom (default 2)")
     p.add_argument("--health", action="store_true",
-                   help="also print the notebook's per-layer health report (mean, std, range, issues)")
+                   help="also print the notebook's per-layer health report (mean, std, range, issues) of every "
+                        "nn.Linear and nn.MultiheadAttention output (initcore.health)")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text (default) or json: one record per symptom found")
 
@@ -256,7 +257,9 @@ def _diagnose(args: argparse.Namespace) -> int:
     print(f"# {_describe(args)}, loss {loss}")
     sys.stdout.write(diagnose.format_findings(findings, n_fixes=args.fixes))
     if args.health:
-        sys.stdout.write("\n" + diagnose.format_health(diagnose.health_table(diagnose.health_from_trace(frame))))
+        from initcore import health
+
+        sys.stdout.write("\n" + diagnose.format_health(health.health_report(model, inputs)))
     return 0
 
 
