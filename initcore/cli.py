@@ -17,12 +17,12 @@ import pandas as pd
 import torch
 
 from initcore import compare, init, probe
-from initcore.experiments import DEPTH_MLP, DEPTH_RUNS, MLPRun
+from initcore.experiments import DEPTH_MLP, MLPRun
 from initcore.models import ACTIVATIONS, MODELS, MLPConfig, TorchMHATransformer, Transformer, param_roles
 from initcore.models.transformer import FFNS, NORM_POSITIONS, NORMS
 
-# MLP defaults: the notebook's depth experiment (512 wide, 10 deep, tanh, batch 64), from experiments.
-MLP_BATCH = DEPTH_RUNS["xavier"].batch
+# MLP defaults: the notebook's depth experiment, experiments.DEPTH_MLP (512 wide, 10 deep, tanh) at batch 64.
+MLP_BATCH = 64
 # A small transformer that traces in well under a second on a CPU (experiments has none this size).
 TRANSFORMER = {"d_model": 128, "n_heads": 4, "d_ff": 512, "n_layers": 4, "seq_len": 32, "vocab_size": 1000}
 TRANSFORMER_BATCH = 8
