@@ -75,20 +75,17 @@ _CPU_ONE_PASS = True  # tests switch it off to run, on a CPU, the path every oth
 
 
 class _Raw(NamedTuple):
-    to_statistics: Callable[[list[float], _Raw], dict[str, float]] | None
+    decode: Callable[[list[float]], dict[str, float]]  # runs on the host, after the copy
     values: torch.Tensor  # 1-D, on the device
-    n: int = 0  # entries reduced
-    centred: bool = True  # values start [mean, sum of squared deviations], else [sum, sum of squares]
-    finite: bool = False  # known to hold no NaN or inf, so those were not counted
 
 
 def _moments(flat: torch.Tensor) -> tuple[list[torch.Tensor], bool, bool]:
-    """The first two moments of a 1-D tensor, exact as ``.std()``: (values, centred, finite) as in ``_Raw``.
+    """The first two moments of a 1-D tensor, exact as ``.std()``: (values, centred, finite).
 
-    The two-pass method (the mean, then the dot product of the deviations), except on a CPU, where the
-    tensor is in host memory and reading two sums costs no device sync: when every entry is finite and
-    mean² <= var, so that sum(x²) - sum(x)²/n loses less than a digit, one pass suffices, saving a pass
-    (2x faster on a weight gradient). ``torch.std`` is slower than either.
+    values are [mean, sum of squared deviations] (``centred``), by the two-pass method, except on a
+    CPU, where the tensor is in host memory and reading two sums costs no device sync: when every entry
+    is finite and mean² <= var, so that sum(x²) - sum(x)²/n loses less than a digit, the one pass's
+    [sum, sum of squares] suffices (and ``finite`` is known). ``torch.std`` is slower than either.
     """
     n = flat.numel()
     total, squares = flat.sum(), torch.dot(flat, flat)
@@ -101,74 +98,72 @@ def _moments(flat: torch.Tensor) -> tuple[list[torch.Tensor], bool, bool]:
     return [mean, torch.dot(d, d)], True, False
 
 
-def _moments_raw(x: torch.Tensor, to_statistics=None) -> _Raw:
-    flat = _detached(x).reshape(-1)
-    moments, centred, finite = _moments(flat)
-    return _Raw(to_statistics, torch.stack(moments), flat.numel(), centred, finite)
-
-
-def _output_raw(a: torch.Tensor, bounded: bool) -> _Raw:
-    """[2 moments, min, max, nonzero(, nonfinite, inf)(, saturated)] of a module's output.
-
-    Counts are float sums of 0/1 made by sign and threshold (exact below 2**24 entries): on a CPU
-    comparisons (isnan, >) and count_nonzero are slower than this arithmetic.
-    """
-    flat = a.reshape(-1)
-    moments, centred, finite = _moments(flat)
-    buf = torch.empty_like(flat)  # scratch: each count is taken before the next overwrites it
-    values = [*moments, *torch.aminmax(flat), torch.sign(flat, out=buf).abs_().nansum()]  # nonzero, NaN left out
-    if not finite:
-        values.append(torch.sub(flat, flat, out=buf).nan_to_num_(nan=1.0).sum())  # NaN where flat is NaN or inf
-        values.append(F.threshold_(torch.abs(flat, out=buf), torch.finfo(flat.dtype).max, 0.0).sign_().sum())  # inf
-    if bounded:  # threshold keeps x where x > 0.9, and NaN > 0.9 is False
-        values.append(F.threshold_(torch.abs(flat, out=buf), theory.SATURATION_THRESHOLD, 0.0).sign_().sum())
-    return _Raw(_output, torch.stack(values), flat.numel(), centred, finite)
+def _decode_moments(v0: float, v1: float, n: int, centred: bool) -> tuple[float, float, float]:
+    """(mean, sum of squared deviations, unbiased std) from ``_moments``' two values."""
+    mean, deviations = (v0, v1) if centred else (v0 / n, max(v1 - v0 * v0 / n, 0.0))
+    return mean, deviations, _sqrt(deviations / (n - 1)) if n > 1 else math.nan
 
 
 def _sqrt(x: float) -> float:
     return x**0.5 if x >= 0 else math.nan
 
 
-def _mean_centred(v: list[float], raw: _Raw) -> tuple[float, float, float]:
-    """(mean, sum of squared deviations, unbiased std) from a _Raw's first two values."""
-    mean, centred = (v[0], v[1]) if raw.centred else (v[0] / raw.n, max(v[1] - v[0] * v[0] / raw.n, 0.0))
-    return mean, centred, _sqrt(centred / (raw.n - 1)) if raw.n > 1 else math.nan
+def _output_raw(out: torch.Tensor, bounded: bool, preact: torch.Tensor | None, same: bool) -> _Raw:
+    """Everything of one module's output (and, for an MLP, its pre-activation ``preact``) in one vector.
+
+    The pre-activation is the output itself where ``same`` (the last MLP layer's Identity).
+    """
+    flat = out.reshape(-1)
+    n = flat.numel()
+    moments, centred, finite = _moments(flat)
+    values = [*moments, *torch.aminmax(flat), torch.count_nonzero(flat)]  # NaN is nonzero
+    if not finite:  # comparisons are slow on a CPU: only where NaN or inf may be there
+        values += [torch.count_nonzero(torch.isnan(flat)), torch.count_nonzero(torch.isinf(flat))]
+    if bounded:  # hardshrink keeps x where |x| > 0.9, but NaN as well
+        t = theory.SATURATION_THRESHOLD
+        values.append(torch.count_nonzero(F.hardshrink(flat, t) if finite else flat.abs() > t))
+    pre = None
+    if preact is not None and not same:
+        pflat = preact.reshape(-1)
+        pre_moments, pre_centred, _ = _moments(pflat)
+        values += pre_moments
+        pre = (pflat.numel(), pre_centred)
+
+    def decode(v: list[float]) -> dict[str, float]:
+        mean, deviations, std = _decode_moments(v[0], v[1], n, centred)
+        lo, hi, nonzero, *rest = v[2:]
+        nan, inf = (0.0, 0.0) if finite else (rest.pop(0), rest.pop(0))
+        stats = {"act_mean": mean, "act_std": std, "act_rms": _sqrt((deviations + n * mean * mean) / n),
+                 "act_min": lo, "act_max": hi, "dead_frac": (n - nonzero) / n, "nan_count": nan, "inf_count": inf}
+        if bounded:
+            stats["saturated_frac"] = rest.pop(0) / n
+        if preact is not None:
+            pre_mean, _, pre_std = (mean, deviations, std) if same else _decode_moments(*rest, *pre)
+            stats.update(preact_mean=pre_mean, preact_std=pre_std)
+        return stats
+
+    return _Raw(decode, torch.stack(values))
 
 
-def _output(v: list[float], raw: _Raw) -> dict[str, float]:
-    n = raw.n
-    mean, centred, std = _mean_centred(v, raw)
-    nonfinite, inf = (0.0, 0.0) if raw.finite else v[5:7]
-    nan = nonfinite - inf
-    out = {"act_mean": mean, "act_std": std, "act_rms": _sqrt((centred + n * mean * mean) / n), "act_min": v[2],
-           "act_max": v[3], "dead_frac": (n - v[4] - nan) / n, "nan_count": nan, "inf_count": inf}
-    if len(v) == (6 if raw.finite else 8):
-        out["saturated_frac"] = v[-1] / n
-    return out
+def _grad_raw(grad: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
+    flat = _detached(grad).reshape(-1)
+    moments, centred, _ = _moments(flat)
+    return torch.stack(moments), flat.numel(), centred
 
 
-def _preact(v: list[float], raw: _Raw) -> dict[str, float]:
-    mean, _, std = _mean_centred(v, raw)
-    return {"preact_mean": mean, "preact_std": std}
-
-
-def _out_grad(v: list[float], raw: _Raw) -> dict[str, float]:
-    return {"out_grad_norm": _sqrt(v[0])}
-
-
-def _grads(parts: list[tuple[list[float], _Raw]]) -> dict[str, float]:
+def _grads(parts: list[tuple[list[float], int, bool]]) -> dict[str, float]:
     """grad_norm, grad_mean, grad_std over several parameters' gradients, from each one's moments.
 
     Chan et al.'s pairwise combination: exact as the two-pass over their concatenation, without it.
     """
     if not parts:
         return {}
-    moments = [(*_mean_centred(v, raw)[:2], raw.n) for v, raw in parts]
+    moments = [(*_decode_moments(v[0], v[1], k, centred)[:2], k) for v, k, centred in parts]
     n = sum(k for _, _, k in moments)
     mean = sum(m * k for m, _, k in moments) / n
-    centred = sum(c + k * (m - mean) ** 2 for m, c, k in moments)
-    return {"grad_norm": _sqrt(centred + n * mean * mean), "grad_mean": mean,
-            "grad_std": _sqrt(centred / (n - 1)) if n > 1 else math.nan}
+    deviations = sum(c + k * (m - mean) ** 2 for m, c, k in moments)
+    return {"grad_norm": _sqrt(deviations + n * mean * mean), "grad_mean": mean,
+            "grad_std": _sqrt(deviations / (n - 1)) if n > 1 else math.nan}
 
 
 def _attention_raw(logits: torch.Tensor) -> _Raw:
@@ -186,8 +181,12 @@ def _attention_raw(logits: torch.Tensor) -> _Raw:
     return _Raw(_attention, torch.stack([std, entropy.mean(), norm, p.amax(-1).mean()]))
 
 
-def _attention(v: list[float], raw: _Raw) -> dict[str, float]:
+def _attention(v: list[float]) -> dict[str, float]:
     return dict(zip(("logit_std", "attn_entropy", "attn_entropy_norm", "attn_max"), v, strict=True))
+
+
+def _out_grad(v: list[float]) -> dict[str, float]:
+    return {"out_grad_norm": _sqrt(v[0])}
 
 
 def _detached(x: torch.Tensor) -> torch.Tensor:
@@ -230,13 +229,8 @@ def _hooks(target: _Target, row: list[_Raw]) -> list:
         row.append(_Raw(_out_grad, torch.dot(flat, flat).reshape(1)))
 
     def on_output(module, args, output):
-        raw = _output_raw(_detached(output), target.bounded)
-        row.append(raw)
-        if target.preact:  # an MLP's activation module: its input is the Linear's output
-            if args[0] is output:  # the last layer's Identity
-                row.append(raw._replace(to_statistics=_preact))
-            else:
-                row.append(_moments_raw(args[0], _preact))
+        preact = _detached(args[0]) if target.preact else None  # an MLP's activation: input = Linear output
+        row.append(_output_raw(_detached(output), target.bounded, preact, args[0] is output))
         if output.requires_grad:
             output.register_hook(out_grad)  # lives on this tensor only: gone with the graph
 
@@ -250,10 +244,10 @@ def _hooks(target: _Target, row: list[_Raw]) -> list:
     return handles
 
 
-def _on_grad(grads: dict[int, _Raw]):
+def _on_grad(grads: dict[int, tuple[torch.Tensor, int, bool]]):
     # Runs as each .grad is accumulated, while it is still in cache: faster than after the backward.
     def hook(p: torch.Tensor) -> None:
-        grads[id(p)] = _moments_raw(p.grad)
+        grads[id(p)] = _grad_raw(p.grad)
     return hook
 
 
@@ -286,7 +280,7 @@ def trace(model: nn.Module, inputs, loss: str | Callable[[torch.Tensor], torch.T
     loss_fn = _loss_fn(loss)
     targets = _targets(model)
     rows: list[list[_Raw]] = [[] for _ in targets]
-    grads: dict[int, _Raw] = {}  # id(parameter) -> moments of its gradient
+    grads: dict[int, tuple[torch.Tensor, int, bool]] = {}  # id(parameter) -> its gradient's moments
     params = {id(p): p for t in targets for p in t.params if p.requires_grad}
     flipped = [m for m in model.modules() if m.training != train]  # restored to (not train) afterwards
     handles = []
@@ -307,19 +301,24 @@ def trace(model: nn.Module, inputs, loss: str | Callable[[torch.Tensor], torch.T
     return _to_frame(targets, rows, grads)
 
 
-def _to_frame(targets: list[_Target], rows: list[list[_Raw]], grads: dict[int, _Raw]) -> pd.DataFrame:
-    raws = [raw for row in rows for raw in row] + list(grads.values())
-    host = torch.cat([raw.values for raw in raws]).tolist() if raws else []  # the only device -> host copy
-    values, at = {}, 0
-    for raw in raws:
-        size = raw.values.shape[0]
-        values[id(raw)] = host[at : at + size]
+def _to_frame(targets: list[_Target], rows: list[list[_Raw]], grads: dict[int, tuple[torch.Tensor, int, bool]]
+              ) -> pd.DataFrame:
+    vectors = [raw.values for row in rows for raw in row] + [g[0] for g in grads.values()]
+    host = torch.cat(vectors).tolist() if vectors else []  # the pass's only device -> host copy
+    at = 0
+
+    def take(size: int) -> list[float]:
+        nonlocal at
         at += size
-    found: list[dict[str, float]] = []
-    for target, row in zip(targets, rows, strict=True):
-        stats = _grads([(values[id(grads[id(p)])], grads[id(p)]) for p in target.params if id(p) in grads])
-        for raw in row:
-            stats.update(raw.to_statistics(values[id(raw)], raw))
+        return host[at - size : at]
+
+    decoded = [[raw.decode(take(raw.values.shape[0])) for raw in row] for row in rows]
+    moments = {key: (take(2), n, centred) for key, (_, n, centred) in grads.items()}
+    found = []
+    for target, parts in zip(targets, decoded, strict=True):
+        stats = _grads([moments[id(p)] for p in target.params if id(p) in moments])
+        for part in parts:
+            stats.update(part)
         found.append(stats)
     return pd.DataFrame({"module": [t.name for t in targets], "kind": [t.kind for t in targets],
                          "layer": np.array([t.layer for t in targets], dtype=np.int64),

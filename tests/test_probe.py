@@ -75,11 +75,29 @@ def test_mlp_statistics_equal_a_hand_computation(activation, loss):
 
 def test_nan_and_inf_are_counted():
     model, x = _tiny_mlp("linear")
-    x[0, 0] = math.nan  # row 0 of layer 0's output: 6 NaNs
+    x[0, 0] = x[2, 3] = math.nan  # rows 0 and 2 of layer 0's output: 12 NaNs
     x[1, 1] = math.inf  # row 1: +-inf times nonzero weights, 6 infinities
     frame = probe.trace(model, x)
-    assert frame.nan_count[0] == 6 and frame.inf_count[0] == 6
+    assert frame.nan_count[0] == 12 and frame.inf_count[0] == 6
     _close(frame.act_mean[0], math.nan)
+
+
+def test_counts_beside_nan_follow_their_definitions():
+    model, x = _tiny_mlp("tanh")
+    with torch.no_grad():
+        model.layers[0].weight[0].zero_()
+        model.layers[0].bias[0] = 0.0  # unit 0 of layer 0 is exactly 0: dead
+    x[0, 0] = math.nan  # NaN in row 0 of every layer; tanh(+-inf) = +-1 is saturated, not infinite
+    x[1, 1] = math.inf
+    frame = probe.trace(model, x)
+    _, acts, _, _ = _manual_mlp(model, x, lambda out: out.mean())
+    for i, row in frame.iterrows():
+        a = acts[i].detach()
+        assert row.nan_count == int(a.isnan().sum()) and row.inf_count == int(a.isinf().sum())
+        _close(row.dead_frac, (a == 0).double().mean(), rtol=1e-6, atol=0)
+        if i < 2:
+            _close(row.saturated_frac, (a.abs() > 0.9).double().mean(), rtol=1e-6, atol=0)  # NaN > 0.9 is False
+    assert frame.dead_frac[0] > 0 and frame.nan_count[0] > 0
 
 
 def test_an_output_far_from_zero_keeps_its_std():
