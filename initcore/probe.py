@@ -74,9 +74,33 @@ def _random_projection(out: torch.Tensor) -> torch.Tensor:
 _CPU_ONE_PASS = True  # tests switch it off to run, on a CPU, the path every other device takes
 
 
+class _Sink:
+    """Where every hook writes its numbers: one float64 buffer on the device, allocated before the pass.
+
+    Results kept as tensors of their own are small allocations that live through the pass between the
+    activations' large ones; on a CPU that fragments the heap enough to slow the backward pass by more
+    than the statistics cost (a trace took ~15% longer).
+    """
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.at, self.buffer = 0, torch.empty(size, dtype=torch.float64, device=device)
+
+    def put(self, values: list[torch.Tensor]) -> slice:
+        if self.at + len(values) > self.buffer.numel():  # more than foreseen: grow
+            more = torch.empty(self.buffer.numel() + len(values), dtype=self.buffer.dtype, device=self.buffer.device)
+            self.buffer = torch.cat([self.buffer, more])
+        where = slice(self.at, self.at + len(values))
+        torch.stack(values, out=self.buffer[where])  # promoted to float64 on the way in
+        self.at = where.stop
+        return where
+
+    def to_host(self) -> list[float]:
+        return self.buffer[: self.at].tolist()  # the pass's only device -> host copy
+
+
 class _Raw(NamedTuple):
     decode: Callable[[list[float]], dict[str, float]]  # runs on the host, after the copy
-    values: torch.Tensor  # 1-D, on the device
+    where: slice  # in the sink
 
 
 def _moments(flat: torch.Tensor) -> tuple[list[torch.Tensor], bool, bool]:
@@ -108,7 +132,7 @@ def _sqrt(x: float) -> float:
     return x**0.5 if x >= 0 else math.nan
 
 
-def _output_raw(out: torch.Tensor, bounded: bool, preact: torch.Tensor | None, same: bool) -> _Raw:
+def _output_raw(out: torch.Tensor, bounded: bool, preact: torch.Tensor | None, same: bool, sink: _Sink) -> _Raw:
     """Everything of one module's output (and, for an MLP, its pre-activation ``preact``) in one vector.
 
     The pre-activation is the output itself where ``same`` (the last MLP layer's Identity).
@@ -142,13 +166,13 @@ def _output_raw(out: torch.Tensor, bounded: bool, preact: torch.Tensor | None, s
             stats.update(preact_mean=pre_mean, preact_std=pre_std)
         return stats
 
-    return _Raw(decode, torch.stack(values))
+    return _Raw(decode, sink.put(values))
 
 
-def _grad_raw(grad: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
+def _grad_raw(grad: torch.Tensor, sink: _Sink) -> tuple[slice, int, bool]:
     flat = _detached(grad).reshape(-1)
     moments, centred, _ = _moments(flat)
-    return torch.stack(moments), flat.numel(), centred
+    return sink.put(moments), flat.numel(), centred
 
 
 def _grads(parts: list[tuple[list[float], int, bool]]) -> dict[str, float]:
@@ -166,7 +190,7 @@ def _grads(parts: list[tuple[list[float], int, bool]]) -> dict[str, float]:
             "grad_std": _sqrt(deviations / (n - 1)) if n > 1 else math.nan}
 
 
-def _attention_raw(logits: torch.Tensor) -> _Raw:
+def _attention_raw(logits: torch.Tensor, sink: _Sink) -> _Raw:
     """[logit_std, attn_entropy, attn_entropy_norm, attn_max] of logits (B, heads, T, T), -inf where masked."""
     logits = logits.float()
     finite = torch.isfinite(logits)
@@ -178,7 +202,7 @@ def _attention_raw(logits: torch.Tensor) -> _Raw:
     log_keys = (finite.sum(-1) * 1.0).log()  # a causal query t sees t + 1 keys
     several = log_keys > 0  # a query seeing one key has entropy 0 of a maximum 0: left out
     norm = torch.where(several, entropy / log_keys.clamp_min(1e-12), 0.0).sum() / several.sum()
-    return _Raw(_attention, torch.stack([std, entropy.mean(), norm, p.amax(-1).mean()]))
+    return _Raw(_attention, sink.put([std, entropy.mean(), norm, p.amax(-1).mean()]))
 
 
 def _attention(v: list[float]) -> dict[str, float]:
@@ -221,22 +245,22 @@ def _targets(model: nn.Module) -> list[_Target]:
     raise ValueError(f"trace knows MLPs (layers, acts) and transformers (blocks); got {type(model).__name__}")
 
 
-def _hooks(target: _Target, row: list[_Raw]) -> list:
+def _hooks(target: _Target, row: list[_Raw], sink: _Sink) -> list:
     """Register ``target``'s module hooks, each appending a ``_Raw`` to ``row``; return their handles."""
 
     def out_grad(g: torch.Tensor) -> None:
         flat = _detached(g).reshape(-1)
-        row.append(_Raw(_out_grad, torch.dot(flat, flat).reshape(1)))
+        row.append(_Raw(_out_grad, sink.put([torch.dot(flat, flat)])))
 
     def on_output(module, args, output):
         preact = _detached(args[0]) if target.preact else None  # an MLP's activation: input = Linear output
-        row.append(_output_raw(_detached(output), target.bounded, preact, args[0] is output))
+        row.append(_output_raw(_detached(output), target.bounded, preact, args[0] is output, sink))
         if output.requires_grad:
             output.register_hook(out_grad)  # lives on this tensor only: gone with the graph
 
     def on_attn_input(module, args):
         with torch.no_grad():
-            row.append(_attention_raw(module.logits(args[0])))
+            row.append(_attention_raw(module.logits(args[0]), sink))
 
     handles = [target.module.register_forward_hook(on_output)]
     if target.attn:
@@ -244,10 +268,10 @@ def _hooks(target: _Target, row: list[_Raw]) -> list:
     return handles
 
 
-def _on_grad(grads: dict[int, tuple[torch.Tensor, int, bool]]):
+def _on_grad(grads: dict[int, tuple[slice, int, bool]], sink: _Sink):
     # Runs as each .grad is accumulated, while it is still in cache: faster than after the backward.
     def hook(p: torch.Tensor) -> None:
-        grads[id(p)] = _grad_raw(p.grad)
+        grads[id(p)] = _grad_raw(p.grad, sink)
     return hook
 
 
@@ -280,16 +304,18 @@ def trace(model: nn.Module, inputs, loss: str | Callable[[torch.Tensor], torch.T
     loss_fn = _loss_fn(loss)
     targets = _targets(model)
     rows: list[list[_Raw]] = [[] for _ in targets]
-    grads: dict[int, tuple[torch.Tensor, int, bool]] = {}  # id(parameter) -> its gradient's moments
+    grads: dict[int, tuple[slice, int, bool]] = {}  # id(parameter) -> its gradient's moments
     params = {id(p): p for t in targets for p in t.params if p.requires_grad}
     flipped = [m for m in model.modules() if m.training != train]  # restored to (not train) afterwards
+    device = next(iter(params.values())).device if params else torch.device("cpu")
+    sink = _Sink(16 * len(targets) + 2 * len(params), device)  # at most 15 numbers a row, 2 a parameter
     handles = []
     try:
         for m in flipped:
             m.training = train
         for target, row in zip(targets, rows, strict=True):
-            handles += _hooks(target, row)
-        handles += [p.register_post_accumulate_grad_hook(_on_grad(grads)) for p in params.values()]
+            handles += _hooks(target, row, sink)
+        handles += [p.register_post_accumulate_grad_hook(_on_grad(grads, sink)) for p in params.values()]
         model.zero_grad(set_to_none=True)
         output = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
         loss_fn(output).backward()
@@ -298,27 +324,17 @@ def trace(model: nn.Module, inputs, loss: str | Callable[[torch.Tensor], torch.T
             handle.remove()
         for m in flipped:
             m.training = not train
-    return _to_frame(targets, rows, grads)
+    return _to_frame(targets, rows, grads, sink.to_host())
 
 
-def _to_frame(targets: list[_Target], rows: list[list[_Raw]], grads: dict[int, tuple[torch.Tensor, int, bool]]
-              ) -> pd.DataFrame:
-    vectors = [raw.values for row in rows for raw in row] + [g[0] for g in grads.values()]
-    host = torch.cat(vectors).tolist() if vectors else []  # the pass's only device -> host copy
-    at = 0
-
-    def take(size: int) -> list[float]:
-        nonlocal at
-        at += size
-        return host[at - size : at]
-
-    decoded = [[raw.decode(take(raw.values.shape[0])) for raw in row] for row in rows]
-    moments = {key: (take(2), n, centred) for key, (_, n, centred) in grads.items()}
+def _to_frame(targets: list[_Target], rows: list[list[_Raw]], grads: dict[int, tuple[slice, int, bool]],
+              host: list[float]) -> pd.DataFrame:
+    moments = {key: (host[where], n, centred) for key, (where, n, centred) in grads.items()}
     found = []
-    for target, parts in zip(targets, decoded, strict=True):
+    for target, row in zip(targets, rows, strict=True):
         stats = _grads([moments[id(p)] for p in target.params if id(p) in moments])
-        for part in parts:
-            stats.update(part)
+        for raw in row:
+            stats.update(raw.decode(host[raw.where]))
         found.append(stats)
     return pd.DataFrame({"module": [t.name for t in targets], "kind": [t.kind for t in targets],
                          "layer": np.array([t.layer for t in targets], dtype=np.int64),

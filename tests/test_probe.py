@@ -327,6 +327,14 @@ def test_statistics_cross_to_the_host_once(monkeypatch):
     assert len(calls) == 2
 
 
+def test_the_sink_grows_past_its_estimate():
+    sink = probe._Sink(2, torch.device("cpu"))
+    first = sink.put([torch.tensor(1.0), torch.tensor(2, dtype=torch.int64)])
+    second = sink.put([torch.tensor(3.0, dtype=torch.float64), torch.tensor(4.0), torch.tensor(5.0)])
+    host = sink.to_host()
+    assert host[first] == [1.0, 2.0] and host[second] == [3.0, 4.0, 5.0]
+
+
 def test_bad_loss_and_model_name_the_choices():
     model, x = _tiny_mlp("tanh")
     with pytest.raises(ValueError, match="unknown loss 'sum'; valid: mean, square, random"):
