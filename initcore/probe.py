@@ -66,10 +66,9 @@ def _random_projection(out: torch.Tensor) -> torch.Tensor:
     return (out * r).mean()
 
 
-# Each hook reduces what it sees to a few numbers in one small device vector (a _Raw); the host turns
-# them into statistics after the pass's single copy. Few device ops per hook: on a CPU each op costs
-# microseconds however small its tensor, and comparisons (isnan, >) are slower there than arithmetic.
-
+# Each hook reduces what it sees to a few raw numbers (sums, extremes, counts) written into the sink;
+# after the pass's single copy a decoder per hook turns them into statistics on the host. Few device
+# ops per hook: on a CPU each costs microseconds however small its tensor, comparisons (isnan, >) most.
 
 _CPU_ONE_PASS = True  # tests switch it off to run, on a CPU, the path every other device takes
 
@@ -99,8 +98,8 @@ class _Sink:
 
 
 class _Raw(NamedTuple):
-    decode: Callable[[list[float]], dict[str, float]]  # runs on the host, after the copy
-    where: slice  # in the sink
+    decode: Callable[[list[float]], dict[str, float]]  # raw numbers -> statistics, on the host
+    where: slice  # the raw numbers' place in the sink
 
 
 def _moments(flat: torch.Tensor) -> tuple[list[torch.Tensor], bool, bool]:
@@ -143,7 +142,7 @@ def _output_raw(out: torch.Tensor, bounded: bool, preact: torch.Tensor | None, s
     values = [*moments, *torch.aminmax(flat), torch.count_nonzero(flat)]  # NaN is nonzero
     if not finite:  # comparisons are slow on a CPU: only where NaN or inf may be there
         values += [torch.count_nonzero(torch.isnan(flat)), torch.count_nonzero(torch.isinf(flat))]
-    if bounded:  # hardshrink keeps x where |x| > 0.9, but NaN as well
+    if bounded:  # hardshrink keeps x where |x| > 0.9, and NaN too: only where there is none
         t = theory.SATURATION_THRESHOLD
         values.append(torch.count_nonzero(F.hardshrink(flat, t) if finite else flat.abs() > t))
     pre = None
