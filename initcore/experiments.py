@@ -60,7 +60,9 @@ class TransformerRun:
     batch: int = 4
     seq_len: int = 32
     options: tuple[tuple[str, float], ...] = field(default=())  # strategy options, as pairs
-    loss: str = "mean"
+    # The stack ends in a norm, whose output has mean 0 and mean square ~1 whatever its input: "mean" and
+    # "square" give it no gradient, a fixed random projection does (see initcore.probe.trace).
+    loss: str = "random"
 
     @property
     def key(self) -> str:
@@ -74,7 +76,8 @@ class TransformerRun:
         if m.rezero:
             parts.append("rezero")
         opts = "".join(f"-{k}{v:g}" for k, v in self.options)
-        return "transformer-" + "-".join(parts) + f"/{self.init}{opts}"
+        loss = "" if self.loss == "random" else f"-loss_{self.loss}"
+        return "transformer-" + "-".join(parts) + f"/{self.init}{opts}{loss}"
 
     def build(self, generator: torch.Generator) -> tuple[nn.Module, torch.Tensor]:
         model = Transformer.from_config(self.model)
@@ -142,8 +145,15 @@ FAILURE_RUNS = {
     # zero, as always for ReLU). With He weights the pre-activation is N(-0.5, 2) at layer 0, so
     # Phi(-0.5/sqrt(2)) = 64% of units are dead, and more in each following layer.
     "dead_relu": MLPRun(FAILURE_MLP, "kaiming_normal", batch=100, bias=-0.5, loss="square"),
-    "saturation": MLPRun(replace(FAILURE_MLP, activation="tanh"), "normal:3.0", batch=100, loss="square"),
+    # The notebook's saturation case (tanh, std 3.0) saturates 97% of the units, but at width 256 that is
+    # sigma_w^2 = 256 * 9 = 2304: chi ~ 26 per layer, so its gradients explode too (weight grad norm ~4e4
+    # at layer 0, over the "> 10" rule) -- two symptoms at once; it is kept as SATURATION_NOTEBOOK. With
+    # std 0.2 (sigma_w^2 ~ 10) ~60% of the hidden units are saturated while chi ~ 1.9 keeps every weight
+    # grad norm within [0.6, 3.1] (seeds 0..7): saturation and nothing else.
+    "saturation": MLPRun(replace(FAILURE_MLP, activation="tanh"), "normal:0.2", batch=100, loss="square"),
 }
+SATURATION_NOTEBOOK = MLPRun(replace(FAILURE_MLP, activation="tanh"), "normal:3.0", batch=100, loss="square")
+DEAD_RELU_NOTEBOOK = MLPRun(FAILURE_MLP, "normal:1.0", batch=100, bias=-1.0, loss="square")  # explodes instead
 
 # --- 6. the notebook's InitializationUtils report on its SimpleTransformer ---------------------------
 SIMPLE_TRANSFORMER = TransformerConfig(vocab_size=1000, d_model=256, n_heads=8, d_ff=1024, n_layers=6,
@@ -155,6 +165,21 @@ HEALTH_RUNS = {
     "Standard Xavier": TransformerRun(SIMPLE_TRANSFORMER, "notebook_xavier", batch=8, seq_len=32),
     "He + residual scaling": TransformerRun(SIMPLE_TRANSFORMER, "notebook_he_residual", batch=8, seq_len=32),
 }
+
+# --- 7. the transformer variants, at a small size ------------------------------------------------------
+# 4 blocks, d_model 128, 4 heads, d_ff 512, batch 4 x seq 32, the "standard" strategy: each variant of the
+# models' config against the pre-norm LayerNorm stack it departs from.
+SMALL_TRANSFORMER = TransformerConfig(vocab_size=1000, d_model=128, n_heads=4, d_ff=512, n_layers=4)
+VARIANT_CONFIGS = {
+    "prenorm": SMALL_TRANSFORMER,
+    "postnorm": replace(SMALL_TRANSFORMER, norm_position="post"),
+    "rmsnorm": replace(SMALL_TRANSFORMER, norm="rmsnorm"),
+    "gelu": replace(SMALL_TRANSFORMER, ffn="gelu"),
+    "swiglu": replace(SMALL_TRANSFORMER, ffn="swiglu"),
+    "torch_mha": replace(SMALL_TRANSFORMER, attention="torch_mha"),
+    "causal": replace(SMALL_TRANSFORMER, causal=True),
+}
+VARIANT_RUNS = {name: TransformerRun(cfg, "standard", batch=4, seq_len=32) for name, cfg in VARIANT_CONFIGS.items()}
 
 
 # === modern strategies: depth, attention, the packed in_proj, width (issue 7) ==========================
