@@ -1,0 +1,399 @@
+"""Measuring an experiment for bench/: build it on the CPU from a seed, move it to a device, trace it,
+keep a curated subset of the statistics, and compare them against (or regenerate) the stored baseline.
+
+Plain functions (build, measure, tidy, the device and theory checks) and small classes handed
+callbacks rather than the pytest session (a session's trace cache, the baseline store, and the objects
+behind the fixtures); ``initcore.testing.plugin`` wires them into ``trace_run`` and ``baseline``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from initcore import baselines, probe
+from initcore.experiments import MLPRun, Run, TransformerRun
+
+# Baselines are summaries over these seeds, never over the run's --seed: a fixed set makes the stored
+# files reproducible, and a --seed S run is then a genuinely new draw compared against them. Why 16 and
+# not the 8 that baselines.K = 10 was sized for: with 8 seeds P(|t_7| > 10/1.06) = 3e-5 per number, and
+# the bench compares ~2100 numbers with a real seed spread, so ~7% of --seed values would fail somewhere
+# (seen: seed 1 failed the silu/Xavier grad_norm of layers.4, whose 8-seed spread came out at 0.28 of the
+# true one, a 1-in-1300 draw). With 16 seeds P(|t_15| > 10/1.03) = 7e-8 per number: 2e-4 per run.
+BASELINE_SEEDS: tuple[int, ...] = tuple(range(1000, 1016))
+
+# --- which statistics a baseline holds ---------------------------------------------------------------
+# Chosen for a small seed-to-seed spread relative to their value (so a real change stands out) and for
+# covering what a regression moves: scale (stds, norms), shape (dead and saturated fractions) and, for
+# attention, the logits and how peaked the softmax is. Left out on purpose:
+#   act_min, act_max   extremes of one draw: a large, heavy-tailed spread that says little;
+#   act_mean           where it is a signed number near 0 (tanh, linear outputs, residual streams) its
+#                      spread dwarfs its value; kept where E[phi(h)] > 0 is a real signal (relu, gelu,
+#                      silu, sigmoid hidden layers), which a changed bias or activation moves;
+#   act_rms, grad_std  ~ act_std and grad_norm / sqrt(n) at init: redundant rows;
+#   grad_mean          signed, ~0;
+#   nan_count, inf_count  0 in every configuration: the symptom tests assert them instead;
+#   attn_entropy, attn_max  attn_entropy_norm carries the same information, normalized.
+# Every parameter adds its param_std (and param_mean if it is a vector): see parameter_stats.
+MLP_STATISTICS = ("preact_std", "act_std", "dead_frac", "saturated_frac", "grad_norm", "out_grad_norm")
+POSITIVE_MEAN_ACTIVATIONS = ("relu", "gelu", "silu", "sigmoid")
+PARAM_STATISTICS = ("param_std", "param_mean")
+TRANSFORMER_STATISTICS: Mapping[str, tuple[str, ...]] = {
+    "attn": ("act_std", "logit_std", "attn_entropy_norm", "grad_norm", "out_grad_norm"),
+    "ffn": ("act_std", "grad_norm", "out_grad_norm"),
+    "block": ("act_std", "grad_norm", "out_grad_norm"),  # block act_std: the residual stream
+}
+
+# --- how closely two devices (or two precisions) must agree -------------------------------------------
+# The same weights and inputs on CUDA and on the CPU differ only by float32 rounding (summation order,
+# fused kernels; TF32 is off for float32 matmuls by default). A statistic averages >= 10^4 numbers, so
+# its own rounding error is ~1e-6 relative; what amplifies rounding is the network. Measured as float32
+# against float64 on the CPU over every bench configuration (tests/testing/test_measure.py repeats it):
+# stable networks differ by < 1e-4 relative; the chaotic tanh stack of depth "too_large" (chi ~ 15 per
+# layer grows a perturbation ~4x per layer) by 1.0e-2 in out_grad_norm and 4e-4 in saturated_frac.
+DEVICE_RTOL = 2e-2  # relative, for scales (stds, norms) and means: twice the chaotic worst case
+DEVICE_ATOL = 2e-3  # absolute, for fractions and normalized entropies (5x the worst case), and means near 0
+# Below this a float32 scale statistic is underflow, not a number: the probe sums squares, which flush to 0
+# once the entries fall below ~1e-19 (the "vanishing" failure mode's grad_norm is 0 in float32, 3e-22 in
+# float64). Two such values agree.
+DEVICE_TINY = 1e-20
+_FRACTIONS = ("_frac", "entropy_norm")
+
+
+class Built(NamedTuple):
+    model: nn.Module
+    inputs: torch.Tensor
+    generator: torch.Generator  # the CPU generator, after the model and inputs were drawn from it
+
+
+def build(run: Run, seed: int, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Built:
+    """``run``'s model and inputs drawn on the CPU from ``Generator().manual_seed(seed)``, then moved.
+
+    Drawing on the CPU makes a CUDA run start from exactly the numbers of the CPU run. ``dtype`` casts
+    the parameters and floating inputs (token ids stay integers). The generator is returned so a
+    caller can draw more (a loss projection) from the same stream.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    model, inputs = run.build(generator)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    floating = inputs.is_floating_point()
+    inputs = inputs.to(device=device, dtype=dtype if floating and dtype is not None else inputs.dtype)
+    return Built(model, inputs, generator)
+
+
+def parameter_stats(model: nn.Module) -> pd.DataFrame:
+    """One row per parameter, shaped like probe rows: ``module`` (the parameter's name), ``kind``
+    "param", ``layer`` (the first index in the name, -1 if none), ``param_std`` (unbiased; NaN for a
+    scalar) and ``param_mean`` (vectors and scalars only: biases, norm weights, gates; a weight
+    matrix's mean is a signed number ~0).
+
+    These rows are the init itself: a 10% change in a weight variance moves ``param_std`` by 4.9%,
+    against a seed spread of ~0.1% for a 512 x 512 matrix, where the propagated statistics of a deep
+    transformer spread by several percent from seed to seed and would let it pass.
+    """
+    rows = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            x = p.detach().double()
+            digits = next((int(part) for part in name.split(".") if part.isdigit()), -1)
+            rows.append({"module": name, "kind": "param", "layer": digits,
+                         "param_std": x.std().item() if x.numel() > 1 else math.nan,
+                         "param_mean": x.mean().item() if x.dim() <= 1 else math.nan})
+    return pd.DataFrame(rows, columns=["module", "kind", "layer", "param_std", "param_mean"])
+
+
+def measure(run: Run, seed: int, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> pd.DataFrame:
+    """``probe.trace`` of ``run`` at ``seed`` on ``device`` with the run's own loss, followed by the
+    ``parameter_stats`` rows of the model (kind "param")."""
+    model, inputs, _ = build(run, seed, device, dtype)
+    params = parameter_stats(model)
+    return pd.concat([probe.trace(model, inputs, run.loss), params], ignore_index=True)
+
+
+def statistics_for(run: Run) -> dict[str, tuple[str, ...]]:
+    """The statistics a baseline of ``run`` holds, by probe row kind (see the comment above)."""
+    if isinstance(run, MLPRun):
+        extra = ("act_mean",) if run.model.activation in POSITIVE_MEAN_ACTIVATIONS else ()
+        return {"linear": MLP_STATISTICS + extra, "param": PARAM_STATISTICS}
+    if isinstance(run, TransformerRun):
+        return {**TRANSFORMER_STATISTICS, "param": PARAM_STATISTICS}
+    raise TypeError(f"statistics_for takes an MLPRun or a TransformerRun, got {type(run).__name__}")
+
+
+# A transformer's blocks are alike, and with normalized inputs their branches are nearly independent draws:
+# the mean over blocks of a statistic (geometric for scales, arithmetic for fractions) has ~1/sqrt(n_layers)
+# of a single block's seed spread. These pooled rows (layer "blocks.*.ffn" etc.) catch a change that moves
+# every block a little, e.g. the feed-forward activation (relu -> gelu: -17% in every ffn act_std, against
+# a per-block spread of ~3.5%, i.e. a band of +-37% at K = 10). Parameters pool the same way, over the
+# parameters whose names differ only in their indices ("layers.*.weight", "blocks.*.attn.q.weight"): one
+# 256 x 256 matrix's std spreads by 1/sqrt(2 * 65536) = 0.28% from seed to seed, a band of +-4.8% that a
+# 10% variance change (+4.9% std) only just leaves; pooled over 6 such matrices the band is +-3.1%.
+POOLED_KINDS: Mapping[str, str] = {"attn": "blocks.*.attn", "ffn": "blocks.*.ffn", "block": "blocks.*"}
+
+
+def _pooled_name(name: str) -> str:
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
+
+
+def _pool(values: pd.Series, statistic: str) -> float:
+    log = baselines.default_scale(statistic) == "log" and bool((values > 0).all())
+    return float(np.exp(np.log(values).mean())) if log else float(values.mean())
+
+
+def tidy(frame: pd.DataFrame, statistics: Mapping[str, Iterable[str]]) -> pd.DataFrame:
+    """The chosen statistics of a ``trace`` frame as baseline rows: ``layer, statistic, value``.
+
+    ``layer`` is the probe's module name. NaN values (a statistic that does not apply) are dropped;
+    ``act_mean`` of an MLP's last layer (a linear output, mean ~0) is left out. Transformer kinds
+    also get one pooled row per statistic over all blocks (``POOLED_KINDS``), and parameters one per
+    name pattern ("blocks.*.attn.q.weight") that more than one parameter shares.
+    """
+    parts = []
+    last_linear = frame.loc[frame["kind"] == "linear", "layer"].max()
+    for kind, stats in statistics.items():
+        rows = frame[frame["kind"] == kind]
+        for stat in stats:
+            if stat not in rows:
+                continue
+            keep = rows if not (kind == "linear" and stat == "act_mean") else rows[rows["layer"] != last_linear]
+            parts.append(pd.DataFrame({"layer": keep["module"].astype(str), "statistic": stat,
+                                       "value": keep[stat].astype(float), "_order": keep.index.astype(float)}))
+            values = keep[stat].astype(float).dropna()
+            if kind in POOLED_KINDS and len(values) > 1:
+                parts.append(pd.DataFrame({"layer": [POOLED_KINDS[kind]], "statistic": [stat],
+                                           "value": [_pool(values, stat)], "_order": [len(frame) + 0.5]}))
+            if kind == "param":
+                names = keep.loc[values.index, "module"].astype(str).map(_pooled_name)
+                for name, group in values.groupby(names.to_numpy(), sort=False):
+                    if "*" in name and len(group) > 1:
+                        parts.append(pd.DataFrame({"layer": [name], "statistic": [stat],
+                                                   "value": [_pool(group, stat)], "_order": [len(frame) + 0.5]}))
+    if not parts:
+        return pd.DataFrame({"layer": [], "statistic": [], "value": []})
+    out = pd.concat(parts, ignore_index=True).sort_values("_order", kind="stable")
+    return out.dropna(subset=["value"]).drop(columns="_order").reset_index(drop=True)
+
+
+def disagreements(measured: pd.DataFrame, reference: pd.DataFrame, statistics: Mapping[str, Iterable[str]],
+                  rtol: float = DEVICE_RTOL, atol: float = DEVICE_ATOL) -> pd.DataFrame:
+    """Rows of the chosen statistics where two traces of one configuration differ beyond tolerance.
+
+    Allowed difference: fractions (``*_frac``, ``*entropy_norm``) ``atol``; scales (log-scale rows of
+    ``baselines.default_scale``) ``rtol * |reference| + DEVICE_TINY``; other numbers (means)
+    ``rtol * |reference| + atol``. NaN matches NaN; a value on one side only is a disagreement.
+    Returns columns ``layer, statistic, measured, reference, allowed``.
+    """
+    a = tidy(measured, statistics)
+    b = tidy(reference, statistics)
+    m = a.merge(b, on=["layer", "statistic"], how="outer", suffixes=("_measured", "_reference"))
+    x, y = m["value_measured"].to_numpy(), m["value_reference"].to_numpy()
+    fraction = np.array([s.endswith(_FRACTIONS) for s in m["statistic"]], dtype=bool)
+    log = np.array([baselines.default_scale(s) == "log" for s in m["statistic"]], dtype=bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        allowed = np.where(fraction, atol, rtol * np.abs(y) + np.where(log, DEVICE_TINY, atol))
+        close = np.abs(x - y) <= allowed
+    same = (np.isnan(x) & np.isnan(y)) | (x == y)
+    out = pd.DataFrame({"layer": m["layer"], "statistic": m["statistic"], "measured": x, "reference": y,
+                        "allowed": allowed})
+    return out[~(close | same)].reset_index(drop=True)
+
+
+def assert_agree(measured: pd.DataFrame, reference: pd.DataFrame, statistics: Mapping[str, Iterable[str]],
+                 what: str, rtol: float = DEVICE_RTOL, atol: float = DEVICE_ATOL) -> None:
+    """AssertionError with a table if ``disagreements`` finds any row (``what`` names the comparison)."""
+    bad = disagreements(measured, reference, statistics, rtol, atol)
+    if len(bad):
+        table = bad.to_string(index=False, float_format=lambda v: f"{v:.6g}")
+        raise AssertionError(f"{what}: {len(bad)} statistics differ beyond float tolerance (rtol={rtol:g}, "
+                             f"atol={atol:g}):\n{table}")
+
+
+# --- a session's measurements ----------------------------------------------------------------------------
+
+MeasureFn = Callable[[Run, int, str], pd.DataFrame]  # (run, seed, device) -> a trace-like wide frame
+
+
+class TraceCache:
+    """Measurements of one session by (measure function, run, seed, device): tests of one configuration
+    (symptoms, theory bands, baseline) share one trace, and a CUDA test reuses its CPU twin."""
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple, pd.DataFrame] = {}
+
+    def get(self, fn: MeasureFn, run: Run, seed: int, device: str) -> pd.DataFrame:
+        key = (fn, run, seed, device)
+        if key not in self._frames:
+            self._frames[key] = fn(run, seed, device)
+        return self._frames[key].copy()
+
+
+class Tracer:
+    """The ``trace_run`` fixture: ``trace_run(run)`` measures ``run`` at this test's seed and device.
+
+    On a device other than the CPU it also measures the same configuration and seed on the CPU and
+    asserts that the chosen statistics agree within DEVICE_RTOL / DEVICE_ATOL (``assert_agree``).
+    """
+
+    def __init__(self, device: str, seed: int, cache: TraceCache) -> None:
+        self.device, self.seed, self.cache = device, seed, cache
+
+    def __call__(self, run: Run, *, measure: MeasureFn = measure,
+                 statistics: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
+        frame = self.cache.get(measure, run, self.seed, self.device)
+        if self.device != "cpu":
+            reference = self.cache.get(measure, run, self.seed, "cpu")
+            assert_agree(frame, reference, statistics or statistics_for(run),
+                         what=f"{run.key} at seed {self.seed}: {self.device} against cpu")
+        return frame
+
+
+# --- baselines -------------------------------------------------------------------------------------------
+
+Remeasure = Callable[[int], pd.DataFrame]  # seed -> tidy rows (layer, statistic, value)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread inside: a parallel CPU reduction splits its sum by thread count, so
+    its last bits depend on it; baselines generated on one thread are the same bytes whether the run
+    was serial or under pytest-xdist (where workers get fewer threads each)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Baselines:
+    """The store of one session: reads ``<directory>/<experiment>.csv``, or regenerates it.
+
+    With ``update``, ``rows`` measures the configuration at every seed of ``BASELINE_SEEDS`` (through
+    the ``remeasure`` callback), summarizes, and, if ``write``, merges the rows into the file (atomic,
+    flock-guarded: safe under pytest-xdist). Results are cached per (experiment, config, tag).
+    """
+
+    def __init__(self, directory: str | Path, *, update: bool = False, seeds: Iterable[int] = BASELINE_SEEDS) -> None:
+        self.directory = Path(directory)
+        self.update = update
+        self.seeds = tuple(seeds)
+        self._rows: dict[tuple[str, str, str], pd.DataFrame] = {}
+
+    def path(self, experiment: str) -> Path:
+        return self.directory / f"{experiment}.csv"
+
+    def rows(self, experiment: str, config: str, remeasure: Remeasure, *, write: bool = True,
+             tag: str = "") -> pd.DataFrame:
+        """The baseline rows of ``config``; raises ``baselines.BaselineMissing`` when there are none."""
+        key = (experiment, config, tag if self.update else "")
+        if key not in self._rows:
+            if self.update:
+                with one_thread():
+                    rows = baselines.summarize([remeasure(s) for s in self.seeds], config)
+                if write:
+                    baselines.update(self.path(experiment), rows)
+            else:
+                rows = baselines.load_config(self.path(experiment), config)
+            self._rows[key] = rows
+        return self._rows[key]
+
+
+class BaselineCheck:
+    """The ``baseline`` fixture: ``baseline.check(experiment, run, frame)`` at this test's device.
+
+    Compares the chosen statistics of ``frame`` with ``baselines/<experiment>.csv`` and returns the
+    baseline rows (their spreads give theory bands their width). A missing baseline or a statistic
+    outside its band fails the test with the message alone, a table, no traceback. Under
+    ``--update-baselines`` the rows are measured at ``BASELINE_SEEDS`` on this test's device; they are
+    written by the cpu case (by the cuda case only under ``--device cuda``), so each file has one writer
+    per configuration and does not depend on which devices ran.
+    """
+
+    def __init__(self, store: Baselines, device: str, cache: TraceCache, *, writer: bool) -> None:
+        self.store, self.device, self.cache, self.writer = store, device, cache, writer
+
+    def rows(self, experiment: str, run: Run, *, measure: MeasureFn = measure,
+             statistics: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
+        stats = statistics or statistics_for(run)
+
+        def remeasure(seed: int) -> pd.DataFrame:
+            return tidy(self.cache.get(measure, run, seed, self.device), stats)
+
+        try:
+            return self.store.rows(experiment, run.key, remeasure, write=self.writer, tag=self.device)
+        except baselines.BaselineMissing as exc:
+            message = f"{experiment}: {exc}"
+        pytest.fail(message, pytrace=False)  # outside the except: no "During handling..." chain in the report
+
+    def check(self, experiment: str, run: Run, frame: pd.DataFrame, *, measure: MeasureFn = measure,
+              statistics: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
+        stats = statistics or statistics_for(run)
+        rows = self.rows(experiment, run, measure=measure, statistics=stats)
+        try:
+            baselines.assert_matches(tidy(frame, stats).assign(config=run.key), rows)
+            return rows
+        except baselines.BaselineMismatch as exc:
+            message = f"{experiment} ({self.store.path(experiment)}), {self.device}: {exc}"
+        pytest.fail(message, pytrace=False)
+
+
+def spread_of(rows: pd.DataFrame, layer: str, statistic: str) -> tuple[float, str]:
+    """``(spread, scale)`` of one baseline row (the seed-to-seed std, of log(value) if scale is log)."""
+    hit = rows[(rows["layer"] == layer) & (rows["statistic"] == statistic)]
+    if len(hit) != 1:
+        raise KeyError(f"no baseline row for layer {layer!r}, statistic {statistic!r}")
+    return float(hit["spread"].iloc[0]), str(hit["scale"].iloc[0])
+
+
+def theory_tolerance(rows: pd.DataFrame, layer: str, statistic: str, k: float = baselines.K) -> tuple[float, str]:
+    """``(half-width, scale)`` of a theory band: ``k`` seed spreads of the stored baseline row plus the
+    baselines' floor (2% relative, 0.01 absolute, for rows whose spread is ~0).
+
+    The spread is the finite-width, finite-batch fluctuation of that statistic across ``BASELINE_SEEDS``,
+    measured when the baseline was generated; ``k`` = baselines.K keeps the false-alarm rate of a
+    Student-t with 7 degrees of freedom at ~3e-5 per number. For scale "log" the band is in log units.
+    The band tests the measured value against theory, so it does not move when baselines are regenerated
+    with a bug: only its width comes from them.
+    """
+    spread, scale = spread_of(rows, layer, statistic)
+    return k * spread + (baselines.REL_FLOOR if scale == "log" else baselines.ABS_FLOOR), scale
+
+
+def theory_misses(measured: pd.DataFrame, predicted: pd.DataFrame, rows: pd.DataFrame,
+                  k: float = baselines.K) -> pd.DataFrame:
+    """Rows of tidy ``measured`` (layer, statistic, value) outside the theory band around ``predicted``
+    (same columns). Returns ``layer, statistic, measured, theory, low, high``; empty if all inside."""
+    m = measured.merge(predicted, on=["layer", "statistic"], suffixes=("", "_theory"))
+    if len(m) != len(predicted):
+        missing = predicted.merge(measured, on=["layer", "statistic"], how="left", indicator=True)
+        raise KeyError(f"theory predicts statistics that were not measured:\n"
+                       f"{missing[missing['_merge'] == 'left_only'][['layer', 'statistic']].to_string(index=False)}")
+    out = []
+    for r in m.itertuples(index=False):
+        tol, scale = theory_tolerance(rows, r.layer, r.statistic, k)
+        if scale == "log" and r.value_theory > 0:
+            low, high = r.value_theory * math.exp(-tol), r.value_theory * math.exp(tol)
+        else:
+            low, high = r.value_theory - tol, r.value_theory + tol
+        if not low <= r.value <= high:
+            out.append((r.layer, r.statistic, r.value, r.value_theory, low, high))
+    return pd.DataFrame(out, columns=["layer", "statistic", "measured", "theory", "low", "high"])
+
+
+def assert_theory(measured: pd.DataFrame, predicted: pd.DataFrame, rows: pd.DataFrame, what: str,
+                  k: float = baselines.K) -> None:
+    """AssertionError with the table of ``theory_misses`` if any measured statistic is outside its band."""
+    bad = theory_misses(measured, predicted, rows, k)
+    if len(bad):
+        table = bad.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        raise AssertionError(f"{what}: {len(bad)} of {len(predicted)} statistics outside the theory band "
+                             f"(theory ± {k:g} seed spreads of the baseline + floor):\n{table}")
