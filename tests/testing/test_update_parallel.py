@@ -1,9 +1,10 @@
 """``pytest bench -n 2 --update-baselines`` loses no entry and writes the same files as a serial run.
 
-The failure-mode baselines (four configurations, one file), regenerated into two scratch directories (``--baselines-dir``), serially and with two
-pytest-xdist workers racing on each file (``baselines.update`` holds a flock around read-merge-write and
-renames atomically). The files must be byte for byte the same, and hold every configuration. (One module:
-the cost is the processes' start, torch and pandas imported three times.)
+The failure-mode baselines (four configurations, one file), regenerated into two scratch directories
+(``--baselines-dir``), serially and with two pytest-xdist workers racing on the file (``baselines.update``
+holds a flock around read-merge-write and renames atomically). The files must be byte for byte the same,
+and hold every configuration. One module only: the cost is the processes' start, torch and pandas
+imported three times.
 """
 
 from __future__ import annotations
