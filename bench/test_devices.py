@@ -7,10 +7,11 @@ module states it for one configuration of each family, and on the CPU, where the
 runs the same check (``measure.assert_agree``, same tolerances) of float32 against float64: the rounding
 of float32 itself, which bounds what any float32 device can differ by.
 
-Tolerances (``measure.DEVICE_RTOL`` = 2e-2 relative for scales and means, ``DEVICE_ATOL`` = 2e-3
-absolute for fractions): twice the worst float32-vs-float64 difference over all bench configurations,
-1.0e-2, in the chaotic tanh stack "too_large", where chi ~ 15 per layer amplifies rounding; stable
-networks differ by < 1e-4.
+Tolerances (``initcore.testing.measure``, where their measurement is written down): 1e-3 relative for
+scales and means (stable networks differ by < 1e-4 between float32 and float64, every forward statistic
+by < 3e-4), 2e-3 absolute for fractions; gradient statistics of a network that the mean field says
+amplifies rounding (a chaotic tanh stack) get ``device_rtol(run)``, 200 float32 roundoffs times that
+amplification: 95% for depth "too_large", whose float32 gradients differ from float64 by 2-8%.
 """
 
 from __future__ import annotations
@@ -47,4 +48,5 @@ def test_same_statistics_on_every_device(name, device, seed, trace_run, trace_ca
     else:
         reference = trace_cache.get(measure.measure, run, seed, "cpu")
         what = f"{run.key} at seed {seed}: {device} against cpu"
-    measure.assert_agree(frame, reference, measure.statistics_for(run), what=what)
+    measure.assert_agree(frame, reference, measure.statistics_for(run), what=what,
+                         backward_rtol=measure.device_rtol(run))

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from initcore import baselines, probe
+from initcore import baselines, probe, theory
 from initcore.experiments import MLPRun, Run, TransformerRun
 
 # Baselines are summaries over these seeds, never over the run's --seed: a fixed set makes the stored
@@ -57,16 +57,59 @@ TRANSFORMER_STATISTICS: Mapping[str, tuple[str, ...]] = {
 # The same weights and inputs on CUDA and on the CPU differ only by float32 rounding (summation order,
 # fused kernels; TF32 is off for float32 matmuls by default). A statistic averages >= 10^4 numbers, so
 # its own rounding error is ~1e-6 relative; what amplifies rounding is the network. Measured as float32
-# against float64 on the CPU over every bench configuration (tests/testing/test_measure.py repeats it):
-# stable networks differ by < 1e-4 relative; the chaotic tanh stack of depth "too_large" (chi ~ 15 per
-# layer grows a perturbation ~4x per layer) by 1.0e-2 in out_grad_norm and 4e-4 in saturated_frac.
-DEVICE_RTOL = 2e-2  # relative, for scales (stds, norms) and means: twice the chaotic worst case
-DEVICE_ATOL = 2e-3  # absolute, for fractions and normalized entropies (5x the worst case), and means near 0
+# against float64 on the CPU (tests/testing/test_measure.py repeats it over every bench configuration):
+# stable networks differ by < 1e-4 relative, and every forward statistic by < 3e-4. The gradients of a
+# chaotic network are another matter: in the tanh stack of depth "too_large" a perturbation grows ~3.4x
+# per layer against the signal, and over seeds 0..29 its early gradient norms differed by 2% (median) to
+# 8.4% (worst) between the two precisions. So backward statistics (``grad_norm``, ``out_grad_norm``) get
+# ``device_rtol(run)``: DEVICE_RTOL, or, where the mean field says the network amplifies rounding by a
+# factor A (``rounding_amplification``), CHAOS_MARGIN * ROUNDOFF * A if that is larger. Calibration:
+# worst backward difference / (ROUNDOFF * A) over seeds 0..29 was 18 for "too_large" (A = 8e4) and 58
+# for the notebook's saturation case (A = 3.4e3); CHAOS_MARGIN = 200 leaves > 3x. "too_large" then
+# allows 95%: its float32 gradients are not reproducible across rounding at all; its forward statistics,
+# and everything of every stable network, still pin a device down to 1e-3.
+DEVICE_RTOL = 1e-3  # relative, for scales (stds, norms) and means: > 3x the worst forward difference
+DEVICE_ATOL = 2e-3  # absolute, for fractions and normalized entropies (5x the worst case, chaos included)
+ROUNDOFF = 2.0**-24  # float32 unit roundoff
+CHAOS_MARGIN = 200.0
 # Below this a float32 scale statistic is underflow, not a number: in the "vanishing" failure mode the
 # backward pass's products leave float32's range, so layer 0's grad_norm is 3e-24 in float32 against
 # 2.7e-22 in float64, and its out_grad_norm 0 against 2e-23. Two such values agree.
 DEVICE_TINY = 1e-20
 _FRACTIONS = ("_frac", "entropy_norm")
+
+
+def rounding_amplification(run: Run) -> float:
+    """Mean-field factor by which ``run`` amplifies a relative perturbation of its hidden signal.
+
+    Per hidden layer of an MLP a small perturbation grows by sqrt(chi_l) while the signal grows by
+    sqrt(q_{l+1} / q_l); their ratio is sqrt(g_l) with g_l = q_l E[phi'(h)^2] / E[phi(h)^2], h ~ N(b, q_l)
+    (``theory.mlp_mean_field``), 1 for ReLU (homogeneous), >> 1 for saturated tanh. The product over the
+    hidden layers of max(1, sqrt(g_l)); 1 for transformers (normalized, residual: measured < 1e-4).
+    """
+    if not isinstance(run, MLPRun):
+        return 1.0
+    cfg = run.model
+    fans = [(cfg.in_features if i == 0 else cfg.width, cfg.width) for i in range(cfg.depth)]
+    gain = run.gain if isinstance(run.gain, (int, float)) else None
+    sigma_w2 = [fi * theory.init_variance(run.init, fi, fo, gain) for fi, fo in fans]
+    bias = run.bias or 0.0
+    q = theory.mlp_mean_field(cfg.activation, cfg.depth, sigma_w2, bias)["preact_var"]
+    phi, dphi = theory.activation_fn(cfg.activation), theory.activation_derivative(cfg.activation)
+    amplification = 1.0
+    for layer in range(cfg.depth - 1):
+        if not 0 < q[layer] < math.inf:
+            continue
+        second = theory.gaussian_expectation(lambda h: phi(h) ** 2, bias, q[layer])
+        slope = theory.gaussian_expectation(lambda h: dphi(h) ** 2, bias, q[layer])
+        if second > 0:
+            amplification *= math.sqrt(max(1.0, q[layer] * slope / second))
+    return amplification
+
+
+def device_rtol(run: Run) -> float:
+    """The relative tolerance two devices (or precisions) are held to for ``run``'s gradient statistics."""
+    return max(DEVICE_RTOL, CHAOS_MARGIN * ROUNDOFF * rounding_amplification(run))
 
 
 class Built(NamedTuple):
@@ -184,13 +227,15 @@ def tidy(frame: pd.DataFrame, statistics: Mapping[str, Iterable[str]]) -> pd.Dat
 
 
 def disagreements(measured: pd.DataFrame, reference: pd.DataFrame, statistics: Mapping[str, Iterable[str]],
-                  rtol: float = DEVICE_RTOL, atol: float = DEVICE_ATOL) -> pd.DataFrame:
+                  rtol: float = DEVICE_RTOL, atol: float = DEVICE_ATOL,
+                  backward_rtol: float | None = None) -> pd.DataFrame:
     """Rows of the chosen statistics where two traces of one configuration differ beyond tolerance.
 
     Allowed difference: fractions (``*_frac``, ``*entropy_norm``) ``atol``; scales (log-scale rows of
-    ``baselines.default_scale``) ``rtol * |reference| + DEVICE_TINY``; other numbers (means)
-    ``rtol * |reference| + atol``. NaN matches NaN; a value on one side only is a disagreement.
-    Returns columns ``layer, statistic, measured, reference, allowed``.
+    ``baselines.default_scale``) ``rtol * |reference| + DEVICE_TINY``, with ``backward_rtol`` (if given)
+    instead of ``rtol`` for gradient statistics; other numbers (means) ``rtol * |reference| + atol``.
+    NaN matches NaN; a value on one side only is a disagreement. Returns columns ``layer, statistic,
+    measured, reference, allowed``.
     """
     a = tidy(measured, statistics)
     b = tidy(reference, statistics)
@@ -198,8 +243,10 @@ def disagreements(measured: pd.DataFrame, reference: pd.DataFrame, statistics: M
     x, y = m["value_measured"].to_numpy(), m["value_reference"].to_numpy()
     fraction = np.array([s.endswith(_FRACTIONS) for s in m["statistic"]], dtype=bool)
     log = np.array([baselines.default_scale(s) == "log" for s in m["statistic"]], dtype=bool)
+    backward = np.array(["grad" in s for s in m["statistic"]], dtype=bool)
+    relative = np.where(backward, rtol if backward_rtol is None else backward_rtol, rtol)
     with np.errstate(invalid="ignore", over="ignore"):
-        allowed = np.where(fraction, atol, rtol * np.abs(y) + np.where(log, DEVICE_TINY, atol))
+        allowed = np.where(fraction, atol, relative * np.abs(y) + np.where(log, DEVICE_TINY, atol))
         close = np.abs(x - y) <= allowed
     same = (np.isnan(x) & np.isnan(y)) | (x == y)
     out = pd.DataFrame({"layer": m["layer"], "statistic": m["statistic"], "measured": x, "reference": y,
@@ -208,13 +255,15 @@ def disagreements(measured: pd.DataFrame, reference: pd.DataFrame, statistics: M
 
 
 def assert_agree(measured: pd.DataFrame, reference: pd.DataFrame, statistics: Mapping[str, Iterable[str]],
-                 what: str, rtol: float = DEVICE_RTOL, atol: float = DEVICE_ATOL) -> None:
+                 what: str, rtol: float = DEVICE_RTOL, atol: float = DEVICE_ATOL,
+                 backward_rtol: float | None = None) -> None:
     """AssertionError with a table if ``disagreements`` finds any row (``what`` names the comparison)."""
-    bad = disagreements(measured, reference, statistics, rtol, atol)
+    bad = disagreements(measured, reference, statistics, rtol, atol, backward_rtol)
     if len(bad):
         table = bad.to_string(index=False, float_format=lambda v: f"{v:.6g}")
+        backward = "" if backward_rtol is None else f", gradients rtol={backward_rtol:.3g}"
         raise AssertionError(f"{what}: {len(bad)} statistics differ beyond float tolerance (rtol={rtol:g}, "
-                             f"atol={atol:g}):\n{table}")
+                             f"atol={atol:g}{backward}):\n{table}")
 
 
 # --- a session's measurements ----------------------------------------------------------------------------
@@ -240,7 +289,8 @@ class Tracer:
     """The ``trace_run`` fixture: ``trace_run(run)`` measures ``run`` at this test's seed and device.
 
     On a device other than the CPU it also measures the same configuration and seed on the CPU and
-    asserts that the chosen statistics agree within DEVICE_RTOL / DEVICE_ATOL (``assert_agree``).
+    asserts that the chosen statistics agree within DEVICE_RTOL (gradients: ``device_rtol(run)``) and
+    DEVICE_ATOL (``assert_agree``).
     """
 
     def __init__(self, device: str, seed: int, cache: TraceCache) -> None:
@@ -252,7 +302,8 @@ class Tracer:
         if self.device != "cpu":
             reference = self.cache.get(measure, run, self.seed, "cpu")
             assert_agree(frame, reference, statistics or statistics_for(run),
-                         what=f"{run.key} at seed {self.seed}: {self.device} against cpu")
+                         what=f"{run.key} at seed {self.seed}: {self.device} against cpu",
+                         backward_rtol=device_rtol(run))
         return frame
 
 
