@@ -74,8 +74,11 @@ ROUNDOFF = 2.0**-24  # float32 unit roundoff
 CHAOS_MARGIN = 200.0
 # Below this a float32 scale statistic is underflow, not a number: in the "vanishing" failure mode the
 # backward pass's products leave float32's range, so layer 0's grad_norm is 3e-24 in float32 against
-# 2.7e-22 in float64, and its out_grad_norm 0 against 2e-23. Two such values agree.
-DEVICE_TINY = 1e-20
+# 2.7e-22 in float64, its out_grad_norm 0 against 2e-23, and from seed to seed such values scatter over
+# orders of magnitude. ``tidy`` raises every probe scale statistic to at least UNDERFLOW (a baseline then
+# holds "underflowed", and a change that lifts the value above it still shows), and two devices agree on
+# values below it.
+UNDERFLOW = 1e-20
 _FRACTIONS = ("_frac", "entropy_norm")
 
 
@@ -196,7 +199,8 @@ def tidy(frame: pd.DataFrame, statistics: Mapping[str, Iterable[str]]) -> pd.Dat
     """The chosen statistics of a ``trace`` frame as baseline rows: ``layer, statistic, value``.
 
     ``layer`` is the probe's module name. NaN values (a statistic that does not apply) are dropped;
-    ``act_mean`` of an MLP's last layer (a linear output, mean ~0) is left out. Transformer kinds
+    ``act_mean`` of an MLP's last layer (a linear output, mean ~0) is left out; probe scale statistics
+    below UNDERFLOW are raised to it (float32 underflow, see above). Transformer kinds
     also get one pooled row per statistic over all blocks (``POOLED_KINDS``), and parameters one per
     name pattern ("blocks.*.attn.q.weight") that more than one parameter shares.
     """
@@ -208,9 +212,12 @@ def tidy(frame: pd.DataFrame, statistics: Mapping[str, Iterable[str]]) -> pd.Dat
             if stat not in rows:
                 continue
             keep = rows if not (kind == "linear" and stat == "act_mean") else rows[rows["layer"] != last_linear]
+            values = keep[stat].astype(float)
+            if kind != "param" and baselines.default_scale(stat) == "log":
+                values = values.where(~(values < UNDERFLOW), UNDERFLOW)  # NaN stays NaN
             parts.append(pd.DataFrame({"layer": keep["module"].astype(str), "statistic": stat,
-                                       "value": keep[stat].astype(float), "_order": keep.index.astype(float)}))
-            values = keep[stat].astype(float).dropna()
+                                       "value": values, "_order": keep.index.astype(float)}))
+            values = values.dropna()
             if kind in POOLED_KINDS and len(values) > 1:
                 parts.append(pd.DataFrame({"layer": [POOLED_KINDS[kind]], "statistic": [stat],
                                            "value": [_pool(values, stat)], "_order": [len(frame) + 0.5]}))
@@ -232,7 +239,7 @@ def disagreements(measured: pd.DataFrame, reference: pd.DataFrame, statistics: M
     """Rows of the chosen statistics where two traces of one configuration differ beyond tolerance.
 
     Allowed difference: fractions (``*_frac``, ``*entropy_norm``) ``atol``; scales (log-scale rows of
-    ``baselines.default_scale``) ``rtol * |reference| + DEVICE_TINY``, with ``backward_rtol`` (if given)
+    ``baselines.default_scale``) ``rtol * |reference| + UNDERFLOW``, with ``backward_rtol`` (if given)
     instead of ``rtol`` for gradient statistics; other numbers (means) ``rtol * |reference| + atol``.
     NaN matches NaN; a value on one side only is a disagreement. Returns columns ``layer, statistic,
     measured, reference, allowed``.
@@ -246,7 +253,7 @@ def disagreements(measured: pd.DataFrame, reference: pd.DataFrame, statistics: M
     backward = np.array(["grad" in s for s in m["statistic"]], dtype=bool)
     relative = np.where(backward, rtol if backward_rtol is None else backward_rtol, rtol)
     with np.errstate(invalid="ignore", over="ignore"):
-        allowed = np.where(fraction, atol, relative * np.abs(y) + np.where(log, DEVICE_TINY, atol))
+        allowed = np.where(fraction, atol, relative * np.abs(y) + np.where(log, UNDERFLOW, atol))
         close = np.abs(x - y) <= allowed
     same = (np.isnan(x) & np.isnan(y)) | (x == y)
     out = pd.DataFrame({"layer": m["layer"], "statistic": m["statistic"], "measured": x, "reference": y,
