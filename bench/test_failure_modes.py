@@ -5,8 +5,12 @@ A 6-layer, 256-wide MLP, batch 100, loss = mean of the squared output, ReLU unle
 notebook's debugging guide as that module makes them exact: a weight grad norm < 1e-6 is vanishing, > 10
 exploding; a ReLU layer with > 60% zeros is dead (the guide's 50% is what every healthy zero-bias ReLU
 layer shows, see ``diagnose.SYMPTOMS["dead_relu"].why``); > 30% of tanh outputs with |a| > 0.9 is
-saturation. Each failure must show exactly its own symptoms: the failure seen backward (gradients) and,
-for a scale error, forward (a geometric trend of the std with depth), and none of the others'.
+saturation. Each failure must show its own defining symptom and none of the others' (the four are the
+guide's: vanishing and exploding gradients, dead units, saturated units). ``diagnose`` also reads the
+forward pass: a scale error shows as a geometric trend of the std with depth, which the vanishing and
+exploding runs must show (shrinking, growing). A dying ReLU network loses its signal too (its std falls
+~190x over 5 layers as units die, accelerating): whether that fall fits the trend's straight line
+(R^2 >= 0.9) depends on the seed, so "shrinking_signal" is allowed there, not required.
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ EXPERIMENT = "failure_modes"
 RUNS = experiments.FAILURE_RUNS
 WIDTH = experiments.FAILURE_MLP.width
 
-# failure -> the symptoms it shows, and only those
-OWN = {
-    "vanishing": {"vanishing_gradients", "shrinking_signal"},
-    "exploding": {"exploding_gradients", "growing_signal"},
-    "dead_relu": {"dead_relu"},
-    "saturation": {"saturation"},
+# failure -> its defining symptom, the guide's; no failure shows another's
+DEFINING = {
+    "vanishing": "vanishing_gradients",
+    "exploding": "exploding_gradients",
+    "dead_relu": "dead_relu",
+    "saturation": "saturation",
 }
+# failure -> the forward-pass (depth trend) symptoms it must show, and those it may show
+TRENDS_REQUIRED = {"vanishing": {"shrinking_signal"}, "exploding": {"growing_signal"}}
+TRENDS_ALLOWED = {"dead_relu": {"shrinking_signal"}}
 
 
 def probe_rows(frame):
@@ -47,11 +54,9 @@ def linear(frame):
 
 
 def test_every_failure_mode_is_covered_and_distinct():
-    assert set(OWN) == set(RUNS)
-    names = list(OWN)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            assert not OWN[a] & OWN[b], (a, b)
+    assert set(DEFINING) == set(RUNS)
+    assert len(set(DEFINING.values())) == len(DEFINING)
+    assert set(DEFINING.values()) <= set(diagnose.SYMPTOMS)
 
 
 @pytest.mark.parametrize("name", list(RUNS))
@@ -63,7 +68,10 @@ def test_matches_baseline(name, trace_run, baseline):
 @pytest.mark.parametrize("name", list(RUNS))
 def test_shows_its_own_symptoms_only(name, trace_run):
     found = symptoms(trace_run(RUNS[name]))
-    assert found == OWN[name], f"{name}: found {sorted(found)}, expected {sorted(OWN[name])}"
+    required = {DEFINING[name]} | TRENDS_REQUIRED.get(name, set())
+    allowed = required | TRENDS_ALLOWED.get(name, set())
+    assert required <= found <= allowed, f"{name}: found {sorted(found)}, required {sorted(required)}, " \
+                                         f"allowed {sorted(allowed)}"
 
 
 def test_vanishing(trace_run):
