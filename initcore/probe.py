@@ -1,8 +1,9 @@
 """Per-layer statistics of one forward and one backward pass, as a wide DataFrame (one row per module).
 
 ``trace(model, inputs)`` hooks an MLP's layers, or a transformer's attention, feed-forward and block
-outputs; each hook reduces what it sees to a few numbers on the model's device at once (no activation
-is kept), and all of them cross to the host in one copy. ``to_long`` gives ``module, statistic, value``
+outputs; each hook reduces what it sees to a few numbers at once (no activation is kept). On a GPU the
+numbers stay on the device and cross to the host in one copy; on a CPU numpy reads the tensors' own
+memory and the numbers are floats at once. ``to_long`` gives ``module, statistic, value``
 rows; ``mlp_theory`` and ``with_theory`` put mean-field predictions beside an MLP's measurements.
 """
 
@@ -15,7 +16,6 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from initcore import theory
@@ -66,20 +66,26 @@ def _random_projection(out: torch.Tensor) -> torch.Tensor:
     return (out * r).mean()
 
 
-# Each hook reduces what it sees to a few raw numbers (sums, extremes, counts) written into the sink;
-# after the pass's single copy a decoder per hook turns them into statistics on the host. Few device
-# ops per hook: on a CPU each costs microseconds however small its tensor, comparisons (isnan, >) most.
+# Each hook reduces what it sees at once to a few raw numbers (sums, extremes, counts) and puts them in
+# the pass's sink; after the pass a decoder per hook turns them into statistics on the host. Two sinks:
+# on a CUDA (or any non-CPU) device the reductions are torch ops whose results stay there until the one
+# copy at the end (each .item() would be a device sync). On a CPU there is nothing to sync, and what
+# costs is the fixed few microseconds of every torch op, whatever its size, and comparisons most
+# (count_nonzero of 32k floats: 18 us); there numpy reduces the tensors' own memory to floats directly,
+# in about a third of the time (dot: 2 us, count of == 0: 4 us), and the pass allocates no small tensors.
 
-_CPU_ONE_PASS = True  # tests switch it off to run, on a CPU, the path every other device takes
+_HOST_REDUCTIONS = True  # tests switch it off to run, on a CPU, the path every other device takes
 
 
-class _Sink:
-    """Where every hook writes its numbers: one float64 buffer on the device, allocated before the pass.
+class _DeviceSink:
+    """Torch reductions, written to one float64 buffer on the device allocated before the pass.
 
     Results kept as tensors of their own are small allocations that live through the pass between the
     activations' large ones; on a CPU that fragments the heap enough to slow the backward pass by more
     than the statistics cost (a trace took ~15% longer).
     """
+
+    host = False
 
     def __init__(self, size: int, device: torch.device) -> None:
         self.at, self.buffer = 0, torch.empty(size, dtype=torch.float64, device=device)
@@ -97,28 +103,52 @@ class _Sink:
         return self.buffer[: self.at].tolist()  # the pass's only device -> host copy
 
 
+class _HostSink:
+    """numpy reductions of CPU tensors, kept as Python floats: already on the host, nothing to copy."""
+
+    host = True
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def put(self, values: list[float]) -> slice:
+        where = slice(len(self.values), len(self.values) + len(values))
+        self.values += values
+        return where
+
+    def to_host(self) -> list[float]:
+        return self.values
+
+
+_Sink = _DeviceSink | _HostSink
+
+
 class _Raw(NamedTuple):
     decode: Callable[[list[float]], dict[str, float]]  # raw numbers -> statistics, on the host
     where: slice  # the raw numbers' place in the sink
 
 
-def _moments(flat: torch.Tensor) -> tuple[list[torch.Tensor], bool, bool]:
+def _moments(flat: torch.Tensor, host: bool) -> tuple[list, bool, bool]:
     """The first two moments of a 1-D tensor, exact as ``.std()``: (values, centred, finite).
 
-    values are [mean, sum of squared deviations] (``centred``), by the two-pass method, except on a
-    CPU, where the tensor is in host memory and reading two sums costs no device sync: when every entry
-    is finite and mean² <= var, so that sum(x²) - sum(x)²/n loses less than a digit, the one pass's
-    [sum, sum of squares] suffices (and ``finite`` is known). ``torch.std`` is slower than either.
+    values are [mean, sum of squared deviations] (``centred``), by the two-pass method, except on the
+    host, where reading two sums costs no device sync: when every entry is finite and mean² <= var, so
+    that sum(x²) - sum(x)²/n loses less than a digit, the one pass's [sum, sum of squares] suffices (and
+    ``finite`` is known). ``torch.std`` is slower than either. On the host the sum is torch's (a third
+    of numpy's time on a 1 MB gradient) and the sum of squares numpy's dot (half of torch's on 32k floats).
     """
     n = flat.numel()
-    total, squares = flat.sum(), torch.dot(flat, flat)
-    if flat.is_cpu and _CPU_ONE_PASS:
-        t, q = float(total.numpy()), float(squares.numpy())
-        if math.isfinite(q) and 2 * t * t <= n * q:
+    if not host:
+        mean = flat.sum() / n
+        d = flat - mean
+        return [mean, torch.dot(d, d)], True, False
+    a = flat.numpy()
+    with np.errstate(all="ignore"):  # overflow and inf - inf become inf and NaN, as in torch
+        total, squares = float(flat.sum().numpy()), float(a.dot(a))
+        if math.isfinite(squares) and 2 * total * total <= n * squares:
             return [total, squares], False, True
-    mean = total / n
-    d = flat - mean
-    return [mean, torch.dot(d, d)], True, False
+        d = a - total / n
+        return [total / n, float(d.dot(d))], True, False
 
 
 def _decode_moments(v0: float, v1: float, n: int, centred: bool) -> tuple[float, float, float]:
@@ -131,33 +161,39 @@ def _sqrt(x: float) -> float:
     return x**0.5 if x >= 0 else math.nan
 
 
+def _summary(flat: torch.Tensor, host: bool, bounded: bool) -> tuple[list, bool]:
+    """[moment, moment, min, max, exact zeros, NaNs, infs, (|x| > 0.9 if bounded)] of a 1-D tensor."""
+    moments, centred, finite = _moments(flat, host)
+    t, n = theory.SATURATION_THRESHOLD, flat.numel()
+    if not host:  # NaN is nonzero, and not > 0.9
+        values = [*moments, *torch.aminmax(flat), n - torch.count_nonzero(flat),
+                  torch.count_nonzero(torch.isnan(flat)), torch.count_nonzero(torch.isinf(flat))]
+        return values + ([torch.count_nonzero(flat.abs() > t)] if bounded else []), centred
+    a = flat.numpy()
+    values = [*moments, float(a.min()), float(a.max()), float(np.count_nonzero(a == 0))]
+    values += [0.0, 0.0] if finite else [float(np.count_nonzero(np.isnan(a))), float(np.count_nonzero(np.isinf(a)))]
+    return values + ([float(np.count_nonzero(np.abs(a) > t))] if bounded else []), centred
+
+
 def _output_raw(out: torch.Tensor, bounded: bool, preact: torch.Tensor | None, same: bool, sink: _Sink) -> _Raw:
     """Everything of one module's output (and, for an MLP, its pre-activation ``preact``) in one vector.
 
     The pre-activation is the output itself where ``same`` (the last MLP layer's Identity).
     """
-    flat = out.reshape(-1)
+    flat = _flat(out)
     n = flat.numel()
-    moments, centred, finite = _moments(flat)
-    values = [*moments, *torch.aminmax(flat), torch.count_nonzero(flat)]  # NaN is nonzero
-    if not finite:  # comparisons are slow on a CPU: only where NaN or inf may be there
-        values += [torch.count_nonzero(torch.isnan(flat)), torch.count_nonzero(torch.isinf(flat))]
-    if bounded:  # hardshrink keeps x where |x| > 0.9, and NaN too: only where there is none
-        t = theory.SATURATION_THRESHOLD
-        values.append(torch.count_nonzero(F.hardshrink(flat, t) if finite else flat.abs() > t))
+    values, centred = _summary(flat, sink.host, bounded)
     pre = None
     if preact is not None and not same:
-        pflat = preact.reshape(-1)
-        pre_moments, pre_centred, _ = _moments(pflat)
+        pre_moments, pre_centred, _ = _moments(_flat(preact), sink.host)
         values += pre_moments
-        pre = (pflat.numel(), pre_centred)
+        pre = (n, pre_centred)
 
     def decode(v: list[float]) -> dict[str, float]:
         mean, deviations, std = _decode_moments(v[0], v[1], n, centred)
-        lo, hi, nonzero, *rest = v[2:]
-        nan, inf = (0.0, 0.0) if finite else (rest.pop(0), rest.pop(0))
+        lo, hi, zeros, nan, inf, *rest = v[2:]
         stats = {"act_mean": mean, "act_std": std, "act_rms": _sqrt((deviations + n * mean * mean) / n),
-                 "act_min": lo, "act_max": hi, "dead_frac": (n - nonzero) / n, "nan_count": nan, "inf_count": inf}
+                 "act_min": lo, "act_max": hi, "dead_frac": zeros / n, "nan_count": nan, "inf_count": inf}
         if bounded:
             stats["saturated_frac"] = rest.pop(0) / n
         if preact is not None:
@@ -169,8 +205,8 @@ def _output_raw(out: torch.Tensor, bounded: bool, preact: torch.Tensor | None, s
 
 
 def _grad_raw(grad: torch.Tensor, sink: _Sink) -> tuple[slice, int, bool]:
-    flat = _detached(grad).reshape(-1)
-    moments, centred, _ = _moments(flat)
+    flat = _flat(grad)
+    moments, centred, _ = _moments(flat, sink.host)
     return sink.put(moments), flat.numel(), centred
 
 
@@ -190,7 +226,10 @@ def _grads(parts: list[tuple[list[float], int, bool]]) -> dict[str, float]:
 
 
 def _attention_raw(logits: torch.Tensor, sink: _Sink) -> _Raw:
-    """[logit_std, attn_entropy, attn_entropy_norm, attn_max] of logits (B, heads, T, T), -inf where masked."""
+    """[logit_std, attn_entropy, attn_entropy_norm, attn_max] of logits (B, heads, T, T), -inf where masked.
+
+    Torch ops on either sink: softmax and entropies are no job for numpy.
+    """
     logits = logits.float()
     finite = torch.isfinite(logits)
     n = finite.sum()
@@ -201,20 +240,31 @@ def _attention_raw(logits: torch.Tensor, sink: _Sink) -> _Raw:
     log_keys = (finite.sum(-1) * 1.0).log()  # a causal query t sees t + 1 keys
     several = log_keys > 0  # a query seeing one key has entropy 0 of a maximum 0: left out
     norm = torch.where(several, entropy / log_keys.clamp_min(1e-12), 0.0).sum() / several.sum()
-    return _Raw(_attention, sink.put([std, entropy.mean(), norm, p.amax(-1).mean()]))
+    values = [std, entropy.mean(), norm, p.amax(-1).mean()]
+    return _Raw(_attention, sink.put(torch.stack(values).tolist() if sink.host else values))
 
 
 def _attention(v: list[float]) -> dict[str, float]:
     return dict(zip(("logit_std", "attn_entropy", "attn_entropy_norm", "attn_max"), v, strict=True))
 
 
+def _out_grad_raw(grad: torch.Tensor, sink: _Sink) -> _Raw:
+    flat = _flat(grad)
+    if sink.host:
+        a = flat.numpy()
+        with np.errstate(all="ignore"):
+            return _Raw(_out_grad, sink.put([float(a.dot(a))]))
+    return _Raw(_out_grad, sink.put([torch.dot(flat, flat)]))
+
+
 def _out_grad(v: list[float]) -> dict[str, float]:
     return {"out_grad_norm": _sqrt(v[0])}
 
 
-def _detached(x: torch.Tensor) -> torch.Tensor:
-    x = x.detach()  # a view: what follows builds no graph, without a no_grad context per hook call
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()  # half precision: reduce in float32
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """``x`` flattened, outside the graph (a view: no no_grad context per hook call); half precision in float32."""
+    x = x.detach()
+    return (x if x.dtype in (torch.float32, torch.float64) else x.float()).reshape(-1)
 
 
 class _Target(NamedTuple):
@@ -248,12 +298,11 @@ def _hooks(target: _Target, row: list[_Raw], sink: _Sink) -> list:
     """Register ``target``'s module hooks, each appending a ``_Raw`` to ``row``; return their handles."""
 
     def out_grad(g: torch.Tensor) -> None:
-        flat = _detached(g).reshape(-1)
-        row.append(_Raw(_out_grad, sink.put([torch.dot(flat, flat)])))
+        row.append(_out_grad_raw(g, sink))
 
     def on_output(module, args, output):
-        preact = _detached(args[0]) if target.preact else None  # an MLP's activation: input = Linear output
-        row.append(_output_raw(_detached(output), target.bounded, preact, args[0] is output, sink))
+        preact = args[0] if target.preact else None  # an MLP's activation: input = Linear output
+        row.append(_output_raw(output, target.bounded, preact, args[0] is output, sink))
         if output.requires_grad:
             output.register_hook(out_grad)  # lives on this tensor only: gone with the graph
 
@@ -282,7 +331,7 @@ def trace(model: nn.Module, inputs, loss: str | Callable[[torch.Tensor], torch.T
     Stds are unbiased, as torch's ``.std()`` and the notebook. The model runs in eval mode (no dropout)
     unless ``train``, and every module's training flag is restored afterwards; the model's ``.grad``s
     are set to None first, so the gradients are this pass's alone (they are left in place). Works on
-    whatever device the model and inputs are on; the statistics cross to the host in one copy.
+    whatever device the model and inputs are on; off the CPU the statistics cross to the host in one copy.
 
     Args:
         model: an ``initcore.models`` MLP (rows ``layers.i``) or Transformer (rows ``blocks.i.attn``,
@@ -307,7 +356,10 @@ def trace(model: nn.Module, inputs, loss: str | Callable[[torch.Tensor], torch.T
     params = {id(p): p for t in targets for p in t.params if p.requires_grad}
     flipped = [m for m in model.modules() if m.training != train]  # restored to (not train) afterwards
     device = next(iter(params.values())).device if params else torch.device("cpu")
-    sink = _Sink(16 * len(targets) + 2 * len(params), device)  # at most 15 numbers a row, 2 a parameter
+    if device.type == "cpu" and _HOST_REDUCTIONS:
+        sink: _Sink = _HostSink()
+    else:
+        sink = _DeviceSink(16 * len(targets) + 2 * len(params), device)  # <= 15 numbers a row, 2 a parameter
     handles = []
     try:
         for m in flipped:

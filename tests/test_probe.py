@@ -117,7 +117,7 @@ def test_the_cpu_shortcut_equals_the_path_of_other_devices(monkeypatch, activati
     model, x = _tiny_mlp(activation)
     tmodel, idx = _tiny_transformer(Transformer, causal=True)
     fast = probe.trace(model, x), probe.trace(tmodel, idx, loss="random")
-    monkeypatch.setattr(probe, "_CPU_ONE_PASS", False)  # two passes everywhere, NaN and inf always counted
+    monkeypatch.setattr(probe, "_HOST_REDUCTIONS", False)  # torch ops and one host copy, as on CUDA
     slow = probe.trace(model, x), probe.trace(tmodel, idx, loss="random")
     for f, s in zip(fast, slow, strict=True):
         pd.testing.assert_frame_equal(f, s, rtol=1e-5, atol=1e-8)
@@ -305,7 +305,11 @@ def test_to_long():
     assert first.set_index("statistic").value["act_std"] == frame.act_std[0]
 
 
-def test_statistics_cross_to_the_host_once(monkeypatch):
+@pytest.mark.parametrize("host", [False, True], ids=["device-path", "cpu-numpy-path"])
+def test_statistics_cross_to_the_host_once(monkeypatch, host):
+    # The device path (CUDA's) gathers every number on the device and copies once; the CPU path reads
+    # the tensors' memory with numpy and turns no tensor into a number, but for attention's four.
+    monkeypatch.setattr(probe, "_HOST_REDUCTIONS", host)
     model, x = _tiny_mlp("tanh")
     tmodel, idx = _tiny_transformer(Transformer, causal=True)
     calls = []
@@ -322,13 +326,18 @@ def test_statistics_cross_to_the_host_once(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, no_item)
     monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
     frame = probe.trace(model, x)
-    assert len(calls) == 1 and calls[0] >= len(frame) * 10  # one copy holding every row's numbers
+    if host:
+        assert calls == []
+    else:
+        assert len(calls) == 1 and calls[0] >= len(frame) * 10  # one copy holding every row's numbers
+    calls.clear()
     probe.trace(tmodel, idx, loss="random")
-    assert len(calls) == 2
+    assert calls == ([4] * len(tmodel.blocks) if host else [calls[0]])
+    assert host or calls[0] >= 6 * 8  # 6 rows of at least 8 numbers, in one copy
 
 
 def test_the_sink_grows_past_its_estimate():
-    sink = probe._Sink(2, torch.device("cpu"))
+    sink = probe._DeviceSink(2, torch.device("cpu"))
     first = sink.put([torch.tensor(1.0), torch.tensor(2, dtype=torch.int64)])
     second = sink.put([torch.tensor(3.0, dtype=torch.float64), torch.tensor(4.0), torch.tensor(5.0)])
     host = sink.to_host()
