@@ -1,16 +1,20 @@
 """What tracing costs: ``probe.trace`` against a bare forward and backward of the same model, and the notebook's way.
 
 The model is the notebook's depth experiment (``experiments.DEPTH_MLP`` with Xavier uniform: a 10-layer,
-512-wide tanh MLP at batch 64). Three contenders share one group in pytest-benchmark's table:
+512-wide tanh MLP at batch 64). Four contenders share one group in pytest-benchmark's table:
 
 - ``bare``: zero the grads, forward, ``mean()``, backward: the floor;
+- ``hooks``: bare with the hooks trace registers (a forward hook per activation module that hooks its
+  output's gradient, a post-accumulate-grad hook per weight), all doing nothing: what hooking costs
+  before any statistic is taken;
 - ``trace``: ``initcore.probe.trace``, statistics inside hooks, one host copy (target: <= 1.10 x bare on CPU);
 - ``notebook``: ``analyze_initialization_impact``'s loop, which clones every activation and calls
   ``.item()`` per number (1.28 x bare measured on a 2-core machine).
 
-Each of the last two also gets its time over bare into ``extra_info["ratio_to_bare"]``, printed too:
-the median over rounds of (contender / bare) timed back to back, so load on a shared machine hits both
-alike. Nothing here asserts a time.
+Each of the last three also gets its time over bare into ``extra_info["ratio_to_bare"]``, printed too:
+the median over PAIRS rounds of (contender / bare) timed back to back, so load on a shared machine hits
+both alike. On a 2-core VM single pairs spread by +-10%; the median of 20 still moved by 0.1 between
+runs, that of 80 by about 0.03. Nothing here asserts a time.
 
     pytest bench/test_probe_overhead.py --benchmark-only -p no:cacheprovider
 """
@@ -30,12 +34,32 @@ from initcore.timing import synchronize
 
 RUN = MLPRun(DEPTH_MLP, DEPTH_INITS["xavier"], batch=64)  # MLP 512 -> 512 x 10, tanh, Xavier uniform
 ROUNDS, WARMUP = 20, 3
-CONTENDERS = ("bare", "trace", "notebook")
+PAIRS = 80  # ~3 s a contender on a CPU; see the module docstring
+CONTENDERS = ("bare", "hooks", "trace", "notebook")
 
 
 def bare(model: torch.nn.Module, x: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
     model(x).mean().backward()
+
+
+def _nothing(*args) -> None:
+    return None
+
+
+def _hook_output(module, args, output) -> None:
+    output.register_hook(_nothing)
+
+
+def hooks(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """bare, under the hooks ``probe.trace`` registers on an MLP, registered and removed as it does."""
+    handles = [act.register_forward_hook(_hook_output) for act in model.acts]
+    handles += [layer.weight.register_post_accumulate_grad_hook(_nothing) for layer in model.layers]
+    try:
+        bare(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def traced(model: torch.nn.Module, x: torch.Tensor) -> pd.DataFrame:
@@ -64,7 +88,7 @@ def notebook(model: torch.nn.Module, x: torch.Tensor) -> list[dict[str, float]]:
     return stats
 
 
-FUNCTIONS = {"bare": bare, "trace": traced, "notebook": notebook}
+FUNCTIONS = {"bare": bare, "hooks": hooks, "trace": traced, "notebook": notebook}
 
 
 @pytest.fixture
@@ -107,11 +131,11 @@ def test_probe_overhead(benchmark, contender: str, device: str, model_and_input,
     benchmark.extra_info.update({"model": RUN.key, "device": device, "threads": torch.get_num_threads()})
     if contender == "bare" or not benchmark.enabled:
         return
-    ratio, median, bare_median = _paired_ratio(run, _synced(bare, model, x, device), ROUNDS)
+    ratio, median, bare_median = _paired_ratio(run, _synced(bare, model, x, device), PAIRS)
     benchmark.extra_info.update({"ratio_to_bare": ratio, "median_s": median, "bare_median_s": bare_median})
     with capsys.disabled():
         print(f"\n{contender} / bare forward+backward on {device}: {ratio:.3f} "
-              f"({median * 1e3:.2f} ms / {bare_median * 1e3:.2f} ms, median of {ROUNDS} back-to-back pairs, "
+              f"({median * 1e3:.2f} ms / {bare_median * 1e3:.2f} ms, median of {PAIRS} back-to-back pairs, "
               f"{torch.get_num_threads()} threads)")
 
 
@@ -127,3 +151,15 @@ def test_contenders_measure_the_same_pass(device: str, model_and_input) -> None:
     for ours, theirs in pairs.items():
         torch.testing.assert_close(torch.tensor(frame[ours].to_numpy()), torch.tensor(reference[theirs].to_numpy()),
                                    rtol=1e-4, atol=1e-7, msg=f"{ours} differs from the notebook's {theirs}")
+
+
+def test_hooks_contender_runs_every_hook_trace_would(device: str, model_and_input, monkeypatch) -> None:
+    # The hooks contender is a floor only if each of its hooks fires once, as trace's do, and all go.
+    model, x = model_and_input
+    calls = []
+    monkeypatch.setitem(globals(), "_nothing", lambda *args: calls.append(len(args)))
+    hooks(model, x)
+    depth = RUN.model.depth
+    assert len(calls) == 2 * depth  # one output-gradient hook and one weight hook per layer
+    assert not any(act._forward_hooks for act in model.acts)
+    assert all(layer.weight.grad is not None for layer in model.layers)
