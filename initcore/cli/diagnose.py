@@ -1,0 +1,50 @@
+"""``initcore diagnose``: the symptoms of a freshly initialized model, their evidence and first fixes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from initcore import probe
+from initcore.cli._common import add_model_options, build_model_and_inputs, default_loss, describe
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "diagnose", help="name the symptoms of a model at init, their evidence and fixes",
+        description="Trace one forward and backward pass of a freshly initialized model (the options of "
+                    "`initcore trace`) and name each symptom of initcore.diagnose.SYMPTOMS found in it, with its "
+                    "evidence and first fixes, or say that it is healthy.",
+        epilog="Exit status: 0 whether or not symptoms are found (a diagnosis is a report, not a test; use "
+               "--format json to act on it), 2 on bad input.")
+    add_model_options(p)
+    p.add_argument("--loss", choices=probe.LOSSES, default=None,
+                   help="as for trace; default: mean for an mlp, random for transformers")
+    p.add_argument("--fixes", type=int, default=2, metavar="N", help="fixes shown per symptom (default 2)")
+    p.add_argument("--health", action="store_true",
+                   help="also print the notebook's per-layer health report (mean, std, range, issues) of every "
+                        "nn.Linear and nn.MultiheadAttention output (initcore.health)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text (default) or json: one record per symptom found")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from initcore import diagnose
+
+    if args.fixes < 0:
+        raise ValueError(f"--fixes must be >= 0, got {args.fixes}")
+    model, inputs = build_model_and_inputs(args)
+    loss = default_loss(args)
+    frame = probe.trace(model, inputs, loss=loss)
+    findings = diagnose.diagnose(frame)
+    if args.format == "json":
+        sys.stdout.write(findings.to_json(orient="records", double_precision=10) + "\n")
+        return 0
+    print(f"# {describe(args)}, loss {loss}")
+    sys.stdout.write(diagnose.format_findings(findings, n_fixes=args.fixes))
+    if args.health:
+        from initcore import health
+
+        sys.stdout.write("\n" + diagnose.format_health(health.health_report(model, inputs)))
+    return 0
