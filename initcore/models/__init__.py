@@ -2,6 +2,7 @@
 
 from initcore.models.activations import ACTIVATIONS, make_activation
 from initcore.models.mlp import MLP, MLPConfig
+from initcore.models.points import Measure
 from initcore.models.roles import ROLES, RoledParam, param_roles
 from initcore.models.transformer import (
     FeedForward,
@@ -18,7 +19,7 @@ from initcore.models.transformer import (
 MODELS = ("mlp", "transformer", "torch_mha_transformer")
 
 __all__ = [
-    "ACTIVATIONS", "MODELS", "ROLES", "MLP", "MLPConfig", "FeedForward", "MultiHeadAttention", "RMSNorm",
+    "ACTIVATIONS", "MODELS", "ROLES", "MLP", "MLPConfig", "Measure", "FeedForward", "MultiHeadAttention", "RMSNorm",
     "RoledParam", "SwiGLU", "TorchMHA", "TorchMHATransformer", "Transformer", "TransformerBlock",
     "TransformerConfig", "make_activation", "param_roles",
 ]

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from initcore.models.activations import check_activation, make_activation
+from initcore.models.points import Measure
 
 
 def _positive(**sizes: int) -> None:
@@ -32,8 +33,9 @@ class MLPConfig:
 class MLP(nn.Module):
     """``depth`` Linear layers, the activation after every layer but the last.
 
-    ``layers[i]`` is the i-th Linear and ``acts[i]`` what follows it (Identity for the last), so a
-    probe can hook pre- and post-activations separately.
+    ``layers[i]`` is the i-th Linear and ``acts[i]`` what follows it (Identity for the last). Row
+    ``layers.i`` of a probe trace is declared in ``MEASURE``: the output of ``acts[i]`` (the last
+    layer's own output), the Linear's output as its pre-activation, the Linear's weight's gradient.
     """
 
     def __init__(self, in_features: int = 512, width: int = 512, depth: int = 10,
@@ -49,6 +51,11 @@ class MLP(nn.Module):
         last = cfg.depth - 1
         self.ROLES = {f"layers.{i}.weight": "head" if i == last else "hidden" for i in range(cfg.depth)}
         self.ROLES.update({f"layers.{i}.bias": "bias" for i in range(cfg.depth)})
+        bounded = cfg.activation in ("tanh", "sigmoid")
+        self.MEASURE = {f"layers.{i}": Measure("linear", module=f"acts.{i}" if i < last else f"layers.{i}",
+                                               preact=f"layers.{i}", params=(f"layers.{i}.weight",),
+                                               bounded=bounded and i < last)
+                        for i in range(cfg.depth)}
 
     @classmethod
     def from_config(cls, cfg: MLPConfig) -> MLP:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from initcore.models.mlp import _positive
+from initcore.models.points import Measure
 
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
@@ -189,6 +190,9 @@ class TransformerBlock(nn.Module):
     """
 
     ROLES = {"attn_gate": "gate", "ffn_gate": "gate"}
+    # rows blocks.i.attn (with the attention statistics of its softmax), blocks.i.ffn and blocks.i (the
+    # residual stream after the block), each with the gradients of every parameter under it
+    MEASURE = {"attn": Measure("attn", attention=True), "ffn": Measure("ffn"), "": Measure("block")}
 
     def __init__(self, cfg: TransformerConfig, index: int = 0) -> None:
         super().__init__()
