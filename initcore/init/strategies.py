@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from initcore.init.functions import kaiming_normal_gain_, kaiming_uniform_gain_, lecun_normal_, trunc_normal_sigma_
+from initcore.init.sharded import full_modules, full_params
 from initcore.models.roles import RoledParam, param_roles
 
 RESIDUAL_OUT = ("attn_out", "mlp_out")  # roles that write into a residual stream
@@ -169,7 +170,7 @@ def apply(model: nn.Module, name: str, *, gain: float | str | None = None,
         return apply_torch_default(model, generator)
     ctx = _context(model, gain, generator, {**strategy.options, **implied, **options})
     with torch.no_grad():
-        for p in param_roles(model):
+        for p in full_params(param_roles(model), generator):  # DTensors: draw in full, keep the shard
             if p.role in strategy.special:
                 strategy.special[p.role](p.param, p, ctx)
             elif p.role in _DEFAULTS:
@@ -282,7 +283,7 @@ def apply_torch_default(model: nn.Module, generator: torch.Generator | None = No
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         if seed is not None:
             torch.manual_seed(seed)
-        for module in reversed(list(model.modules())):
+        for module in full_modules(reversed(list(model.modules()))):
             _torch_default(module)
     return model
 
