@@ -21,6 +21,7 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 FFNS = ("relu", "gelu", "swiglu")
 ATTENTIONS = ("sdpa", "torch_mha")
+ATTN_SCALES = ("1/sqrt(d_head)", "1/d_head")  # what q.k is multiplied by; 1/d_head is muP's
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -44,6 +45,8 @@ class TransformerConfig:
     bias: bool = True  # Linear layers carry a bias (SwiGLU never does)
     residual_alpha: float = 1.0  # residual is alpha * x + f(x) (DeepNorm's alpha); 1 is plain
     rezero: bool = False  # each branch gated by a scalar that starts at 0 (ReZero)
+    attn_scale: str = "1/sqrt(d_head)"  # logits q.k times this; "1/d_head": muP (Yang et al., 2021), sdpa only
+    readout: bool = False  # a Linear d_model -> vocab_size after the final norm: the output is logits
 
     def __post_init__(self) -> None:
         _positive(vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads,
@@ -54,6 +57,10 @@ class TransformerConfig:
         _choice("norm_position", self.norm_position, NORM_POSITIONS)
         _choice("ffn", self.ffn, FFNS)
         _choice("attention", self.attention, ATTENTIONS)
+        _choice("attn_scale", self.attn_scale, ATTN_SCALES)
+        if self.attn_scale != ATTN_SCALES[0] and self.attention != "sdpa":
+            raise ValueError(f"attn_scale {self.attn_scale!r} needs attention 'sdpa' "
+                             "(nn.MultiheadAttention fixes its logits at 1/sqrt(d_head))")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.residual_alpha > 0:
@@ -96,7 +103,9 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.n_heads, self.causal, self.dropout = cfg.n_heads, cfg.causal, cfg.dropout
-        self.scale = 1.0 / math.sqrt(cfg.d_head)  # keeps the logit std independent of d_head
+        # 1/sqrt(d_head) keeps the logit std at init independent of d_head; 1/d_head keeps the logits' change
+        # in training independent of it, once q and k are correlated (muP)
+        self.scale = 1.0 / math.sqrt(cfg.d_head) if cfg.attn_scale == "1/sqrt(d_head)" else 1.0 / cfg.d_head
         self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=cfg.bias) for _ in range(4))
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -227,7 +236,10 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token embedding, ``n_layers`` blocks, final norm. Input (batch, seq) ids, output (batch, seq, d_model)."""
+    """Token embedding, ``n_layers`` blocks, final norm. Input (batch, seq) ids, output (batch, seq, d_model),
+    or with ``readout`` the logits (batch, seq, vocab_size) of a Linear ``head`` after the final norm."""
+
+    ROLES = {"head.weight": "head", "head.bias": "bias"}
 
     def __init__(self, vocab_size: int = 1000, d_model: int = 512, n_heads: int = 8, d_ff: int = 2048,
                  n_layers: int = 12, norm: str = "layernorm", norm_position: str = "pre", ffn: str = "relu",
@@ -238,6 +250,9 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.norm_f = make_norm(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias) if cfg.readout else None
+        if cfg.readout:
+            self.MEASURE = {"head": Measure("head")}  # the logits
 
     @classmethod
     def from_config(cls, cfg: TransformerConfig) -> Transformer:
@@ -248,7 +263,8 @@ class Transformer(nn.Module):
         x = self.embed(idx)  # (B, T, d_model)
         for block in self.blocks:
             x = block(x)
-        return self.norm_f(x)
+        x = self.norm_f(x)
+        return x if self.head is None else self.head(x)  # (B, T, vocab_size) with a readout
 
 
 class TorchMHATransformer(Transformer):
