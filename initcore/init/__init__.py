@@ -1,6 +1,7 @@
 """Init strategies by name, targeting parameter roles: ``apply(model, "xavier_uniform")``."""
 
 from initcore.init.functions import kaiming_normal_gain_, kaiming_uniform_gain_, lecun_normal_, trunc_normal_sigma_
+from initcore.init.mup import param_groups as param_groups  # registers "mup"
 from initcore.init.strategies import (
     RESIDUAL_OUT,
     Context,
