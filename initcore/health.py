@@ -1,9 +1,8 @@
 """The notebook's ``InitializationUtils.analyze_initialization`` for any model: output statistics of every
 ``nn.Linear`` and ``nn.MultiheadAttention`` under one no-grad forward pass, as a frame.
 
-The rules that judge them, the summary and the printed table live in ``initcore.diagnose`` (pure pandas);
-this module is the torch side, with hooks, independent of ``initcore.probe`` (which knows only initcore's
-own models).
+A selection of the one probe (``initcore.probe.trace`` with ``select`` the module types, forward only);
+the rules that judge the statistics, the summary and the printed table live in ``initcore.diagnose``.
 
 What the notebook's hooks really saw: ``nn.MultiheadAttention`` returns a tuple ``(output, weights)``,
 and the notebook kept only tensor outputs, so no attention row ever reached its report; and the
@@ -15,10 +14,9 @@ takes a tuple's first tensor, so the attention outputs are judged too.
 from __future__ import annotations
 
 import pandas as pd
-import torch
 from torch import nn
 
-from initcore import diagnose
+from initcore import diagnose, probe
 
 __all__ = ["MODULE_TYPES", "collect", "health_report"]
 
@@ -35,41 +33,30 @@ def collect(model: nn.Module, inputs, *, types: tuple[type[nn.Module], ...] = MO
 
     Args:
         model: any ``nn.Module``.
-        inputs: a tensor, or a tuple of positional arguments.
+        inputs: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
         types: the module types to hook.
         tuple_outputs: measure the first tensor of a tuple output (``MultiheadAttention``'s); False skips
             them, as the notebook's ``isinstance(output, torch.Tensor)`` did.
 
+    >>> import torch
     >>> collect(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), torch.ones(5, 4))["module"].tolist()
     ['0', '2']
     """
-    stats: dict[str, dict] = {}
+    frame = probe.trace(model, inputs, loss=None, select=tuple(types), statistics=_STATISTICS, train=None,
+                        unpack=tuple_outputs)
+    frame = frame.dropna(subset=["nan_count"])  # a module that never ran, or returned a tuple the notebook skipped
+    frame = frame.assign(base=frame["module"].str.replace(r"#\d+$", "", regex=True))
+    frame = frame.drop_duplicates("base", keep="last")  # a module run twice: its last output, as the notebook
+    kinds = {name: type(m).__name__ for name, m in model.named_modules()}
+    out = pd.DataFrame({"module": frame["base"].to_numpy(), "type": frame["base"].map(kinds).to_numpy(),
+                        **{ours: frame[theirs].to_numpy() for ours, theirs in _COLUMNS.items()}})
+    return out.astype({"mean": "float64", "std": "float64", "min": "float64", "max": "float64",
+                       "nan_count": "int64", "inf_count": "int64"}).reset_index(drop=True)
 
-    def hook(name: str, module: nn.Module):
-        def record(mod, args, output):
-            if isinstance(output, (tuple, list)) and tuple_outputs:
-                output = next((o for o in output if isinstance(o, torch.Tensor)), None)
-            if not isinstance(output, torch.Tensor):
-                return
-            a = output.detach()
-            a = a.float() if a.dtype not in (torch.float32, torch.float64) else a
-            stats[name] = {"module": name, "type": type(module).__name__, "mean": a.mean(), "std": a.std(),
-                           "min": a.min(), "max": a.max(), "nan_count": torch.isnan(a).sum(),
-                           "inf_count": torch.isinf(a).sum()}
 
-        return record
-
-    handles = [m.register_forward_hook(hook(name, m)) for name, m in model.named_modules() if isinstance(m, types)]
-    try:
-        with torch.no_grad():
-            model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    rows = [{k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items()} for row in stats.values()]
-    frame = pd.DataFrame(rows, columns=["module", "type", "mean", "std", "min", "max", "nan_count", "inf_count"])
-    return frame.astype({"mean": "float64", "std": "float64", "min": "float64", "max": "float64",
-                         "nan_count": "int64", "inf_count": "int64"})
+_COLUMNS = {"mean": "act_mean", "std": "act_std", "min": "act_min", "max": "act_max",
+            "nan_count": "nan_count", "inf_count": "inf_count"}
+_STATISTICS = tuple(_COLUMNS.values())
 
 
 def health_report(model: nn.Module, inputs, **options) -> pd.DataFrame:

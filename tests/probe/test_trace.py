@@ -1,4 +1,5 @@
-"""initcore.probe: every statistic against a hand computation, rows and columns, hooks, host copies."""
+"""initcore.probe.tracing on initcore's models: every statistic against a hand computation, rows and columns,
+hooks, host copies (the declared measurement points; other models: test_any_model.py)."""
 
 import math
 
@@ -9,6 +10,7 @@ import torch
 
 from initcore import probe, theory
 from initcore.models import MLP, TorchMHATransformer, Transformer
+from initcore.probe import reduce, tracing
 
 TOL = {"rtol": 1e-5, "atol": 1e-7}  # float32 reductions of a few hundred numbers, done in another order
 
@@ -117,7 +119,7 @@ def test_the_cpu_shortcut_equals_the_path_of_other_devices(monkeypatch, activati
     model, x = _tiny_mlp(activation)
     tmodel, idx = _tiny_transformer(Transformer, causal=True)
     fast = probe.trace(model, x), probe.trace(tmodel, idx, loss="random")
-    monkeypatch.setattr(probe, "_HOST_REDUCTIONS", False)  # torch ops and one host copy, as on CUDA
+    monkeypatch.setattr(tracing, "_HOST_REDUCTIONS", False)  # torch ops and one host copy, as on CUDA
     slow = probe.trace(model, x), probe.trace(tmodel, idx, loss="random")
     for f, s in zip(fast, slow, strict=True):
         pd.testing.assert_frame_equal(f, s, rtol=1e-5, atol=1e-8)
@@ -309,7 +311,7 @@ def test_to_long():
 def test_statistics_cross_to_the_host_once(monkeypatch, host):
     # The device path (CUDA's) gathers every number on the device and copies once; the CPU path reads
     # the tensors' memory with numpy and turns no tensor into a number, but for attention's four.
-    monkeypatch.setattr(probe, "_HOST_REDUCTIONS", host)
+    monkeypatch.setattr(tracing, "_HOST_REDUCTIONS", host)
     model, x = _tiny_mlp("tanh")
     tmodel, idx = _tiny_transformer(Transformer, causal=True)
     calls = []
@@ -337,19 +339,21 @@ def test_statistics_cross_to_the_host_once(monkeypatch, host):
 
 
 def test_the_sink_grows_past_its_estimate():
-    sink = probe._DeviceSink(2, torch.device("cpu"))
+    sink = reduce.DeviceSink(2, torch.device("cpu"))
     first = sink.put([torch.tensor(1.0), torch.tensor(2, dtype=torch.int64)])
     second = sink.put([torch.tensor(3.0, dtype=torch.float64), torch.tensor(4.0), torch.tensor(5.0)])
     host = sink.to_host()
     assert host[first] == [1.0, 2.0] and host[second] == [3.0, 4.0, 5.0]
 
 
-def test_bad_loss_and_model_name_the_choices():
+def test_bad_loss_and_statistics_name_the_choices():
     model, x = _tiny_mlp("tanh")
     with pytest.raises(ValueError, match="unknown loss 'sum'; valid: mean, square, random"):
         probe.trace(model, x, loss="sum")
-    with pytest.raises(ValueError, match="MLPs .* and transformers"):
-        probe.trace(torch.nn.Linear(5, 5), x)
+    with pytest.raises(ValueError, match="unknown statistics preset 'fast'; valid: all, forward, lean"):
+        probe.trace(model, x, statistics="fast")
+    with pytest.raises(ValueError, match=r"unknown statistics \['act_sd'\]; valid: act_mean, act_std"):
+        probe.trace(model, x, statistics=["act_std", "act_sd"])
 
 
 def test_runs_on_every_device(device):

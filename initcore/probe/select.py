@@ -1,0 +1,212 @@
+"""Which modules of a model become rows of a trace: its declarations, or a selection the caller gives.
+
+A model whose modules declare ``MEASURE`` (``initcore.models.points``) is measured as declared. Any
+other model is measured by a selection:
+
+- ``"default"``: every module that owns parameters itself (Linear, Conv, norms, Embedding, ...) and
+  every activation module (``ACTIVATION_TYPES``), whose input is then its pre-activation;
+- ``"blocks"``: the repeated children of each ``nn.ModuleList`` / ``nn.Sequential`` (children whose
+  type occurs at least twice there; nothing inside a block already chosen): the residual-stream view;
+- a module type or a tuple of types; a name pattern (``fnmatch``: ``"h.*.mlp"``); a list of patterns
+  or names; or a callable ``(name, module) -> bool``.
+
+``select=None`` takes the declarations if there are any, else ``"default"``; ``"declared"`` insists on
+them. Each row measures the output of its module (the first floating tensor of a tuple, list, dict or
+dataclass output), and the gradients of every parameter under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+from initcore.models.points import Measure
+
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Threshold, nn.GLU,
+)
+BOUNDED_TYPES: tuple[type[nn.Module], ...] = (nn.Tanh, nn.Sigmoid)  # saturated_frac (|a| > 0.9) applies
+SELECTIONS = ("declared", "default", "blocks")
+
+Selection = str | type | tuple | list | Callable[[str, nn.Module], bool] | None
+
+
+@dataclass(frozen=True)
+class Point:
+    """A measurement point: one row of a trace (one per call of its module; see ``initcore.probe.trace``)."""
+
+    name: str  # the row's name: a module path
+    kind: str
+    layer: int  # the residual block's index, else the first integer of the name, else -1
+    module: nn.Module  # whose output is measured
+    module_name: str
+    params: tuple[nn.Parameter, ...]  # whose gradients make grad_norm, grad_mean, grad_std
+    preact: nn.Module | str | None = None  # whose output is the pre-activation; "input": the module's input
+    bounded: bool = False
+    attention: bool = False  # takes the attention statistics of the SDPA calls made inside its module
+    output: int | str | None = None  # which element of a container output; None: the first floating tensor
+
+
+def points(model: nn.Module, select: Selection = None) -> list[Point]:
+    """The measurement points of ``model`` for ``select`` (see the module docstring), in module order.
+
+    Raises:
+        ValueError: a selection that is none of the forms above, ``"declared"`` on a model that declares
+            nothing, a declaration naming a module or parameter that does not exist, or a selection that
+            matches no module (the message lists the model's modules).
+    """
+    names = dict(model.named_modules())
+    if select is None:
+        found = _declared(model, names)
+        return found if found else _check_found(_default(model), "default", model)
+    if isinstance(select, str) and select in SELECTIONS:
+        chosen = {"declared": lambda: _declared(model, names), "default": lambda: _default(model),
+                  "blocks": lambda: _blocks(model)}[select]()
+        return _check_found(chosen, select, model)
+    match = _matcher(select)
+    chosen = [_generic(model, name, m) for name, m in model.named_modules() if match(name, m)]
+    return _check_found(chosen, select, model)
+
+
+def _check_found(found: list[Point], select, model: nn.Module) -> list[Point]:
+    if found:
+        return found
+    listed = [f"{n or '(root)'} ({type(m).__name__})" for n, m in model.named_modules()]
+    shown = ", ".join(listed[:12]) + (f", ... ({len(listed)} in all)" if len(listed) > 12 else "")
+    what = "declares no MEASURE" if select == "declared" else f"has no module matching select={select!r}"
+    raise ValueError(f"{type(model).__name__} {what}; its modules: {shown}. Select by type, name pattern, "
+                     f"list of names, callable, or one of {', '.join(SELECTIONS)}")
+
+
+def _matcher(select) -> Callable[[str, nn.Module], bool]:
+    if isinstance(select, type) and issubclass(select, nn.Module):
+        return lambda name, m: isinstance(m, select)
+    if isinstance(select, str):
+        return lambda name, m: fnmatch.fnmatchcase(name, select)
+    if isinstance(select, (tuple, list, set, frozenset)) and select:
+        parts = [_matcher(s) for s in select]
+        return lambda name, m: any(p(name, m) for p in parts)
+    if callable(select) and not isinstance(select, type):
+        return select
+    raise ValueError(f"select={select!r}: give a module type, a name pattern, a list of those, a callable "
+                     f"(name, module) -> bool, or one of {', '.join(SELECTIONS)}")
+
+
+def _layer(name: str, blocks: dict[str, int] | None = None) -> int:
+    if blocks:
+        owner = max((p for p in blocks if name == p or name.startswith(p + ".")), key=len, default=None)
+        if owner is not None:
+            return blocks[owner]
+    return next((int(part) for part in name.split(".") if part.isdigit()), -1)
+
+
+def _join(prefix: str, rel: str) -> str:
+    return f"{prefix}.{rel}" if prefix and rel else prefix or rel
+
+
+def _all_params(module: nn.Module) -> tuple[nn.Parameter, ...]:
+    return tuple(module.parameters())
+
+
+def _generic(model: nn.Module, name: str, module: nn.Module, kind: str | None = None) -> Point:
+    activation = isinstance(module, ACTIVATION_TYPES)
+    return Point(name, kind or type(module).__name__.lower(), _layer(name), module, name, _all_params(module),
+                 preact="input" if activation else None, bounded=isinstance(module, BOUNDED_TYPES))
+
+
+def _default(model: nn.Module) -> list[Point]:
+    alone = len(list(model.modules())) == 1  # a bare Linear is its own row; a model's root otherwise is not
+    found = []
+    for name, m in model.named_modules():
+        owns = next(m.parameters(recurse=False), None) is not None
+        if (owns and (name or alone)) or isinstance(m, ACTIVATION_TYPES):
+            found.append(_generic(model, name, m))
+    return found
+
+
+def _blocks(model: nn.Module) -> list[Point]:
+    found: list[Point] = []
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)):
+            continue
+        if any(name == p.name or name.startswith(p.name + ".") for p in found):
+            continue
+        children = list(m.named_children())
+        counts: dict[type, int] = {}
+        for _, child in children:
+            counts[type(child)] = counts.get(type(child), 0) + 1
+        found += [_generic(model, _join(name, rel), child, kind="block")
+                  for rel, child in children if counts[type(child)] >= 2]
+    return found
+
+
+def _declared(model: nn.Module, names: dict[str, nn.Module]) -> list[Point]:
+    blocks = {n: m.block_index for n, m in names.items() if isinstance(getattr(m, "block_index", None), int)}
+    params = dict(model.named_parameters())
+    found = []
+    for prefix, module in names.items():
+        for rel, decl in (getattr(module, "MEASURE", None) or {}).items():
+            if not isinstance(decl, Measure):
+                raise ValueError(f"{type(module).__name__}.MEASURE[{rel!r}] must be an initcore.models.Measure, "
+                                 f"got {type(decl).__name__}")
+            name = _join(prefix, rel)
+            target = _join(prefix, decl.module if decl.module is not None else rel)
+            if target not in names:
+                raise ValueError(f"{type(module).__name__}.MEASURE[{rel!r}] measures module {target!r}, "
+                                 f"which {type(model).__name__} does not have")
+            preact = decl.preact
+            if preact not in (None, "input"):
+                preact_name = _join(prefix, preact)
+                if preact_name not in names:
+                    raise ValueError(f"{type(module).__name__}.MEASURE[{rel!r}] takes its pre-activation from "
+                                     f"module {preact_name!r}, which {type(model).__name__} does not have")
+                preact = names[preact_name]
+            if decl.params is None:
+                owned = _all_params(names[target])
+            else:
+                missing = [p for p in decl.params if _join(prefix, p) not in params]
+                if missing:
+                    raise ValueError(f"{type(module).__name__}.MEASURE[{rel!r}] names parameters {missing} "
+                                     f"that {type(model).__name__} does not have")
+                owned = tuple(params[_join(prefix, p)] for p in decl.params)
+            found.append(Point(name, decl.kind, _layer(name, blocks), names[target], target, owned, preact,
+                               decl.bounded, decl.attention, decl.output))
+    return found
+
+
+def first_tensor(output, key: int | str | None = None, what: str = "output"):
+    """The tensor of a module's (or model's) ``output`` to measure: ``output[key]`` if ``key`` is given,
+    else the first floating-point tensor of a tensor, tuple, list, dict (a Hugging Face ``ModelOutput``
+    included) or dataclass; None if there is none."""
+    import torch
+
+    if key is not None:
+        try:
+            chosen = output[key] if not dataclasses.is_dataclass(output) or isinstance(output, dict) \
+                else getattr(output, key)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return None
+        return chosen if isinstance(chosen, torch.Tensor) else None
+    if isinstance(output, torch.Tensor):
+        return output if output.is_floating_point() else None
+    if isinstance(output, dict):
+        items: Iterable = output.values()
+    elif isinstance(output, (tuple, list)):
+        items = output
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        items = (getattr(output, f.name) for f in dataclasses.fields(output))
+    else:
+        return None
+    for item in items:
+        if isinstance(item, torch.Tensor) and item.is_floating_point():
+            return item
+    return None
+
+
+__all__ = ["ACTIVATION_TYPES", "BOUNDED_TYPES", "SELECTIONS", "Point", "first_tensor", "points"]
