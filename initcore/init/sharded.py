@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -25,15 +26,16 @@ from torch import nn
 
 from initcore.models.roles import RoledParam
 
-try:
-    from torch.distributed.tensor import DTensor, distribute_tensor
-except ImportError:  # a torch built without distributed support: nothing can be a DTensor
-    DTensor = None  # type: ignore[assignment,misc]
-
 
 def is_dtensor(t: object) -> bool:
-    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (an ``nn.Parameter`` wrapping one included)."""
-    return DTensor is not None and isinstance(t, DTensor)
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (an ``nn.Parameter`` wrapping one included).
+
+    Read from ``sys.modules`` rather than imported: importing torch.distributed.tensor costs ~3 s, which
+    every user of ``initcore.init`` would pay, and no DTensor exists before that module is imported.
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(module, "DTensor", None)
+    return dtensor is not None and isinstance(t, dtensor)
 
 
 def full_like(param: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -53,6 +55,8 @@ def keep_shard(param: torch.Tensor, full: torch.Tensor) -> None:
     mesh dimensions, uneven shards included); ``src_data_rank=None`` cuts it from this rank's own
     ``full``, without communication.
     """
+    from torch.distributed.tensor import distribute_tensor
+
     with torch.no_grad():
         local = distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
         param.to_local().copy_(local.to_local())
