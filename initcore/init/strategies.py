@@ -18,7 +18,8 @@ from torch import nn
 
 from initcore.init.functions import kaiming_normal_gain_, kaiming_uniform_gain_, lecun_normal_, trunc_normal_sigma_
 from initcore.init.sharded import full_modules, full_params
-from initcore.models.roles import RoledParam, param_roles
+from initcore.models import structure
+from initcore.models.roles import Role, RoledParam, param_roles
 
 RESIDUAL_OUT = ("attn_out", "mlp_out")  # roles that write into a residual stream
 
@@ -48,14 +49,15 @@ class Strategy:
     special: Mapping[str, Rule] = field(default_factory=dict)  # rules for bias/norm/gate roles
     # the model config the strategy needs, from the model's config (None: any model); see config_for()
     config: Callable[[object], object] | None = None
+    apart: tuple[str, ...] = ()  # roles the rule treats apart from "hidden": a guessed role would hide them
 
 
 _REGISTRY: dict[str, Strategy] = {}
 
 
 def register(name: str, summary: str, *, options: Mapping[str, object] | None = None, takes_gain: bool = False,
-             special: Mapping[str, Rule] | None = None,
-             config: Callable[[object], object] | None = None) -> Callable[[Rule], Rule]:
+             special: Mapping[str, Rule] | None = None, config: Callable[[object], object] | None = None,
+             apart: tuple[str, ...] = ()) -> Callable[[Rule], Rule]:
     """Decorator: add ``rule`` to the registry under ``name``.
 
     ``special`` maps a role to a rule called once with the whole parameter (``rule(p.param, p, ctx)``),
@@ -68,7 +70,7 @@ def register(name: str, summary: str, *, options: Mapping[str, object] | None = 
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} is registered twice")
         _REGISTRY[name] = Strategy(name, rule, summary, MappingProxyType(dict(options or {})), takes_gain,
-                                   MappingProxyType(dict(special or {})), config)
+                                   MappingProxyType(dict(special or {})), config, tuple(apart))
         return rule
 
     return deco
@@ -119,11 +121,28 @@ def activation_gain(model: nn.Module) -> float:
         ) from None
 
 
-def _context(model: nn.Module, gain: float | None, generator, options) -> Context:
+def _context(model: nn.Module, gain: float | None, generator, options, n_layers: int | None = None) -> Context:
+    """The model's facts: initcore's config (``n_layers`` or ``depth``, ``d_model``, ``d_ff``); for a model
+    without one, the number of its repeated blocks (``structure.blocks``), unless ``n_layers`` is given."""
     cfg = getattr(model, "config", None)
-    n_layers = getattr(cfg, "n_layers", None) or getattr(cfg, "depth", None) or 1
-    return Context(n_layers, getattr(cfg, "d_model", None), getattr(cfg, "d_ff", None), gain, generator,
-                   MappingProxyType(options))
+    ours = isinstance(getattr(cfg, "n_layers", None) or getattr(cfg, "depth", None), int)
+    if n_layers is None:
+        n_layers = (getattr(cfg, "n_layers", None) or getattr(cfg, "depth", None)) if ours else \
+            len(structure.blocks(model)) or 1
+    d_model, d_ff = (getattr(cfg, "d_model", None), getattr(cfg, "d_ff", None)) if ours else (None, None)
+    return Context(n_layers, d_model, d_ff, gain, generator, MappingProxyType(options))
+
+
+def _check_guessed(strategy: Strategy, params: list[RoledParam]) -> None:
+    if not strategy.apart or any(p.role in strategy.apart for p in params):
+        return
+    guessed = [p.name for p in params if p.inferred and p.role == "hidden"]
+    if guessed:
+        shown = ", ".join(guessed[:6]) + (f", ... ({len(guessed)} in all)" if len(guessed) > 6 else "")
+        raise ValueError(f"strategy {strategy.name!r} treats {', '.join(strategy.apart)} apart, and this model "
+                         f"declares none of them: {shown} got role 'hidden' from their type alone. Pass "
+                         f"roles={{pattern: role}} naming them (e.g. {{'*.c_proj.weight': 'attn_out'}}), or "
+                         f"roles={{'*.weight': 'hidden'}} if every one is a plain hidden layer")
 
 
 _DEFAULTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -134,19 +153,26 @@ _DEFAULTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def apply(model: nn.Module, name: str, *, gain: float | str | None = None,
-          generator: torch.Generator | None = None, **options) -> nn.Module:
+          generator: torch.Generator | None = None, roles: Mapping[str, str | tuple | Role] | None = None,
+          n_layers: int | None = None, **options) -> nn.Module:
     """Initialize every parameter of ``model`` in place with strategy ``name``; return the model.
 
     Args:
-        model: a model whose modules declare parameter roles (``initcore.models``).
+        model: any model: initcore's declare their parameters' roles; for others see ``roles``.
         name: a registered strategy, see ``names()``.
         gain: a number, ``"auto"`` for ``calculate_gain`` of the model's activation, or None for the
             strategy's default. Only strategies built on a gain accept one.
         generator: draw from this ``torch.Generator`` (weights on the CPU), for reproducible runs.
+        roles: parameter-name pattern -> role for parameters no module declares (``param_roles``), e.g.
+            ``{"*.c_proj.weight": "attn_out"}``; Linear, Conv, Embedding, norm and bias parameters of
+            undeclared modules get theirs from their type.
+        n_layers: the depth L a strategy scales by (GPT-2's 1/sqrt(2L)); default: the model's config,
+            else its number of repeated blocks.
         **options: the strategy's own options, see ``describe()``.
 
     Raises:
-        ValueError: unknown strategy, option or gain.
+        ValueError: unknown strategy, option or gain; parameters without a role (listed); a strategy
+            that treats residual projections apart on a model whose roles were only guessed.
 
     Example:
         >>> from initcore.models import MLP
@@ -168,9 +194,13 @@ def apply(model: nn.Module, name: str, *, gain: float | str | None = None,
         _check_config(strategy, getattr(model, "config", None))
     if strategy.name == "torch_default":
         return apply_torch_default(model, generator)
-    ctx = _context(model, gain, generator, {**strategy.options, **implied, **options})
+    if n_layers is not None and not (isinstance(n_layers, int) and not isinstance(n_layers, bool) and n_layers > 0):
+        raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+    ctx = _context(model, gain, generator, {**strategy.options, **implied, **options}, n_layers)
+    params = param_roles(model, roles)
+    _check_guessed(strategy, params)
     with torch.no_grad():
-        for p in full_params(param_roles(model), generator):  # DTensors: draw in full, keep the shard
+        for p in full_params(params, generator):  # DTensors: draw in full, keep the shard
             if p.role in strategy.special:
                 strategy.special[p.role](p.param, p, ctx)
             elif p.role in _DEFAULTS:
@@ -302,7 +332,7 @@ def _standard(w, p, ctx):
 
 
 @register("scaled", "standard, then residual output projections (attn_out, mlp_out) times residual_scale",
-          options={"residual_scale": 0.5}, takes_gain=True)
+          options={"residual_scale": 0.5}, takes_gain=True, apart=RESIDUAL_OUT)
 def _scaled(w, p, ctx):
     _standard_weights(w, p, ctx, embedding_std=0.1)
     if p.role in RESIDUAL_OUT:
@@ -331,7 +361,8 @@ def _positive_option(ctx: Context, name: str) -> float:
     return float(value)
 
 
-@register("gpt2", "N(0, 0.02^2); attn_out, mlp_out N(0, (0.02/sqrt(2L))^2) (Radford et al., 2019; nanoGPT's c_proj)")
+@register("gpt2", "N(0, 0.02^2); attn_out, mlp_out N(0, (0.02/sqrt(2L))^2) (Radford et al., 2019; nanoGPT's c_proj)",
+          apart=RESIDUAL_OUT)
 def _gpt2(w, p, ctx):
     r"""GPT-2 (Radford et al., 2019, "Language Models are Unsupervised Multitask Learners", §2.3; nanoGPT).
 
@@ -345,7 +376,7 @@ def _gpt2(w, p, ctx):
 
 
 @register("megatron", "N(0, sigma^2); attn_out, mlp_out N(0, (sigma/sqrt(2L))^2) (Shoeybi et al., 2019, Megatron-LM)",
-          options={"sigma": 0.02})
+          options={"sigma": 0.02}, apart=RESIDUAL_OUT)
 def _megatron(w, p, ctx):
     r"""Megatron-LM (Shoeybi et al., 2019): ``init_method_normal(sigma)`` and ``scaled_init_method_normal``.
 
@@ -359,7 +390,7 @@ def _megatron(w, p, ctx):
 
 
 @register("olmo_mitchell", "trunc N(0, 1/d) at 3 sigma; attn_out 1/sqrt(2d(l+1)), mlp_out 1/sqrt(2 d_ff (l+1)) "
-          "(OLMo's init_fn=mitchell, Groeneveld et al., 2024)")
+          "(OLMo's init_fn=mitchell, Groeneveld et al., 2024)", apart=RESIDUAL_OUT)
 def _olmo_mitchell(w, p, ctx):
     r"""OLMo's ``mitchell`` init (Groeneveld et al., 2024, ``olmo/initialization.py``): normals truncated at ±3σ.
 
@@ -383,7 +414,7 @@ def _olmo_mitchell(w, p, ctx):
 
 
 @register("neox_small_init", "N(0, 2/(5d)) (small_init, Nguyen & Salazar, 2019); attn_out, mlp_out std 2/(L sqrt(d)) "
-          "(wang_init, Mesh-Transformer-JAX); GPT-NeoX's defaults")
+          "(wang_init, Mesh-Transformer-JAX); GPT-NeoX's defaults", apart=RESIDUAL_OUT)
 def _neox_small_init(w, p, ctx):
     r"""GPT-NeoX (Black et al., 2022): ``init_method="small_init"``, ``output_layer_init_method="wang_init"``.
 
@@ -431,7 +462,7 @@ def _deepnorm_qkv(param, p, ctx):
 
 @register("deepnorm", "post-norm, residual x*(2L)^(1/4) + f(x); Xavier normal gain (8L)^(-1/4) on v, attn_out, "
           "mlp_in, mlp_out, gain 1 on q, k (Wang et al., 2022, DeepNet, decoder-only)",
-          special={"qkv": _deepnorm_qkv}, config=deepnorm_config)
+          special={"qkv": _deepnorm_qkv}, config=deepnorm_config, apart=("qkv", *RESIDUAL_OUT, "mlp_in"))
 def _deepnorm(w, p, ctx):
     r"""DeepNorm (Wang et al., 2022, "DeepNet: Scaling Transformers to 1,000 Layers", Fig. 2), decoder-only form.
 
@@ -447,7 +478,7 @@ def _deepnorm(w, p, ctx):
 
 
 @register("fixup", "Fixup-style: attn_out, mlp_out zero so every block starts as the identity (pre-norm); "
-          "other matrices Xavier normal, embedding N(0, 1) (Zhang et al., 2019)")
+          "other matrices Xavier normal, embedding N(0, 1) (Zhang et al., 2019)", apart=RESIDUAL_OUT)
 def _fixup(w, p, ctx):
     r"""Fixup-style zero init of each residual branch's last layer (Zhang et al., 2019, "Fixup Initialization").
 
@@ -524,7 +555,7 @@ def _notebook_xavier(w, p, ctx):
 
 @register("notebook_he_residual", "the notebook's InitializationUtils 'He + residual scaling': He uniform (relu) "
           "matrices, attn_out and mlp_out N(0, 0.02^2)*0.5, embedding N(0, 0.02^2), a packed in_proj left to "
-          "torch's packed Xavier")
+          "torch's packed Xavier", apart=RESIDUAL_OUT)
 def _notebook_he_residual(w, p, ctx):
     r"""The reference notebook's ``init_transformer_weights(model, "kaiming_uniform", ["ff2", "attention"],
     residual_scaling=True)``, by role.

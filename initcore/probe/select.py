@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from initcore.models import structure
 from initcore.models.points import Measure
 
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
@@ -131,19 +132,7 @@ def _default(model: nn.Module) -> list[Point]:
 
 
 def _blocks(model: nn.Module) -> list[Point]:
-    found: list[Point] = []
-    for name, m in model.named_modules():
-        if not isinstance(m, (nn.ModuleList, nn.Sequential)):
-            continue
-        if any(name == p.name or name.startswith(p.name + ".") for p in found):
-            continue
-        children = list(m.named_children())
-        counts: dict[type, int] = {}
-        for _, child in children:
-            counts[type(child)] = counts.get(type(child), 0) + 1
-        found += [_generic(model, _join(name, rel), child, kind="block")
-                  for rel, child in children if counts[type(child)] >= 2]
-    return found
+    return [_generic(model, name, m, kind="block") for name, m in structure.blocks(model)]
 
 
 def _declared(model: nn.Module, names: dict[str, nn.Module]) -> list[Point]:

@@ -1,0 +1,105 @@
+"""init.apply on models initcore did not write: roles from types and from a mapping, the depth from the
+structure, and a refusal where a strategy would silently miss what it treats apart.
+
+Distribution checks as tests/init/test_strategies.py: a Kolmogorov-Smirnov test against the exact target,
+p > 1e-4 with a fixed seed, and the same sample rejects a target 10% off.
+"""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from initcore import init
+from initcore.models import Role
+
+P_MIN = 1e-4  # PyTorch's init tests use this threshold
+D = 256
+
+
+class Block(nn.Module):
+    """nanoGPT's block, its own names: c_attn (q, k, v fused), c_proj (writes into the stream), an MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.attn = nn.ModuleDict({"c_attn": nn.Linear(D, 3 * D), "c_proj": nn.Linear(D, D)})
+        self.mlp = nn.ModuleDict({"c_fc": nn.Linear(D, 4 * D), "c_proj": nn.Linear(4 * D, D)})
+
+
+class Nano(nn.Module):
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(500, D)
+        self.h = nn.ModuleList(Block() for _ in range(n))
+        self.ln_f = nn.LayerNorm(D)
+
+
+NANO_ROLES = {"h.*.attn.c_attn.weight": Role("qkv", parts=("q", "k", "v")), "h.*.attn.c_proj.weight": "attn_out",
+              "h.*.mlp.c_fc.weight": "mlp_in", "h.*.mlp.c_proj.weight": "mlp_out"}
+
+
+def _normal(sample, std):
+    assert stats.kstest(sample, "norm", args=(0, std)).pvalue > P_MIN
+    assert stats.kstest(sample, "norm", args=(0, 1.1 * std)).pvalue < P_MIN
+
+
+def _weights(model):
+    return {n: p.detach().flatten().numpy() for n, p in model.named_parameters()}
+
+
+def test_xavier_on_a_sequential_with_roles_from_types():
+    model = nn.Sequential(nn.Linear(384, 768), nn.Tanh(), nn.Linear(768, 384))
+    init.apply(model, "xavier_normal", generator=torch.Generator().manual_seed(0))
+    w = _weights(model)
+    _normal(w["0.weight"], math.sqrt(2 / (384 + 768)))
+    assert (w["0.bias"] == 0).all() and (w["2.bias"] == 0).all()
+
+
+def test_gpt2_on_a_nanogpt_with_a_mapping_and_the_depth_from_its_blocks():
+    model = init.apply(Nano(n=4), "gpt2", roles=NANO_ROLES, generator=torch.Generator().manual_seed(0))
+    w = _weights(model)
+    _normal(w["h.2.attn.c_attn.weight"], 0.02)
+    _normal(w["h.2.mlp.c_fc.weight"], 0.02)
+    _normal(w["wte.weight"], 0.02)
+    _normal(w["h.3.attn.c_proj.weight"], 0.02 / math.sqrt(2 * 4))  # L = 4 blocks in h
+    _normal(w["h.0.mlp.c_proj.weight"], 0.02 / math.sqrt(2 * 4))
+    assert (w["h.0.ln_1.weight"] == 1).all() and (w["h.0.ln_1.bias"] == 0).all()
+    init.apply(model, "gpt2", roles=NANO_ROLES, n_layers=50, generator=torch.Generator().manual_seed(0))
+    _normal(_weights(model)["h.3.attn.c_proj.weight"], 0.02 / math.sqrt(2 * 50))
+
+
+def test_olmo_mitchell_scales_by_the_block_each_weight_lies_in():
+    model = init.apply(Nano(n=4), "olmo_mitchell", roles=NANO_ROLES, generator=torch.Generator().manual_seed(0))
+    w = _weights(model)
+    trunc_var = 1 - 6 * math.exp(-4.5) / math.sqrt(2 * math.pi) / math.erf(3 / math.sqrt(2))  # N(0,1) cut at 3
+    for block in (0, 3):
+        sample = w[f"h.{block}.attn.c_proj.weight"]
+        std = 1 / math.sqrt(2 * D * (block + 1))
+        assert stats.kstest(sample, stats.truncnorm(-3, 3, scale=std).cdf).pvalue > P_MIN
+        assert sample.std() == pytest.approx(std * math.sqrt(trunc_var), rel=0.02)  # 65k draws: 0.3% spread
+
+
+def test_a_strategy_that_treats_residual_projections_apart_refuses_guessed_roles():
+    with pytest.raises(ValueError, match=r"strategy 'gpt2' treats attn_out, mlp_out apart, and this model declares "
+                                         r"none of them: h.0.attn.c_attn.weight, .* got role 'hidden' from their type"):
+        init.apply(Nano(), "gpt2")
+    init.apply(Nano(), "gpt2", roles={"*.weight": "hidden", "wte.weight": "embedding"})  # said, not guessed
+    init.apply(Nano(), "xavier_uniform")  # treats every matrix alike: guessed roles are enough
+
+
+def test_bad_n_layers_and_missing_roles_are_named():
+    with pytest.raises(ValueError, match="n_layers must be a positive integer, got 0"):
+        init.apply(Nano(), "gpt2", roles=NANO_ROLES, n_layers=0)
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.scale = nn.Linear(4, 4), nn.Parameter(torch.ones(4))
+
+    with pytest.raises(ValueError, match="parameter 'scale' has no role; .* or pass roles="):
+        init.apply(Scaled(), "xavier_uniform")
+    model = init.apply(Scaled(), "xavier_uniform", roles={"scale": "norm"})
+    assert (model.scale == 1).all()
