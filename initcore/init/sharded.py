@@ -4,8 +4,9 @@ Every rank draws each *full* parameter with the same generator sequence one proc
 the slice its DTensor owns. The gathered model is then bit-identical to the one-process model of the
 same seed at every world size and sharding, fans come from the full shape, and no two ranks can hold
 the same numbers where one process would not. The price is compute, not memory: each rank draws every
-parameter in full (world_size times the draws of one process in total), and holds at most one full
-parameter beside its shards while it does, so memory per rank is O(its shards) + O(the largest parameter).
+parameter in full (world_size times the draws of one process in total), and holds one full parameter
+at a time beside its shards, freed before the next is made: memory per rank is its shards plus the
+largest parameter (the largest module's direct parameters for ``torch_default``).
 
 ``initcore.init.apply`` routes every parameter through ``full_params``, and the ``torch_default``
 strategy every module through ``full_modules``; plain tensors pass through untouched.
@@ -52,14 +53,28 @@ def keep_shard(param: torch.Tensor, full: torch.Tensor) -> None:
     """Copy the slice of ``full`` that this rank owns into the local shard of the DTensor ``param``.
 
     The slice is the one ``distribute_tensor`` cuts for ``param``'s mesh and placements (any number of
-    mesh dimensions, uneven shards included); ``src_data_rank=None`` cuts it from this rank's own
-    ``full``, without communication.
+    mesh dimensions, uneven shards included). Where every placement is ``Shard`` or ``Replicate`` the
+    slice is one box of ``full``, copied directly: no DTensor is made, so nothing but the caller holds
+    on to ``full`` afterwards. Other placements (``_StridedShard``) go through ``distribute_tensor``
+    with ``src_data_rank=None``, which cuts this rank's piece from its own ``full``, without communication.
     """
-    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     with torch.no_grad():
-        local = distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
-        param.to_local().copy_(local.to_local())
+        shard = param.to_local()
+        if all(type(p) in (Shard, Replicate) for p in param.placements):
+            shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+            shard.copy_(full[tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))])
+        else:
+            local = distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+            shard.copy_(local.to_local())
+
+
+def release(full: torch.Tensor) -> None:
+    """Free a stand-in's memory now, not when the last of its views goes (a caller's loop variable can
+    keep one until its next iteration): views of it must not be used after this."""
+    full.untyped_storage().resize_(0)
 
 
 def full_params(roled: Iterable[RoledParam], generator: torch.Generator | None = None) -> Iterator[RoledParam]:
@@ -67,7 +82,8 @@ def full_params(roled: Iterable[RoledParam], generator: torch.Generator | None =
 
     Use as the loop of an initializer: the loop body fills ``p.param`` (and its ``p.matrices()``) as if
     the model were on one process; when the loop asks for the next parameter the owned slice is copied
-    into the shard, and the stand-in is dropped. A loop left by an exception leaves that shard as it was.
+    into the shard and the stand-in's memory is freed (``release``), so one full parameter at a time
+    exists beside the shards. A loop left by an exception leaves that shard as it was.
     """
     for p in roled:
         if not is_dtensor(p.param):
@@ -76,6 +92,7 @@ def full_params(roled: Iterable[RoledParam], generator: torch.Generator | None =
         full = full_like(p.param, generator)
         yield dataclasses.replace(p, param=full)
         keep_shard(p.param, full)
+        release(full)
 
 
 @contextlib.contextmanager
@@ -91,6 +108,7 @@ def _full_direct_params(module: nn.Module) -> Iterator[None]:
         yield
         for name, p in sharded.items():
             keep_shard(p, module._parameters[name])
+            release(module._parameters[name])
     finally:
         for name, p in sharded.items():
             module._parameters[name] = p

@@ -1,0 +1,379 @@
+"""The checks of a sharded init, as functions over gathered tensors, and ``check`` that runs them all.
+
+A sharded init can go wrong in ways a variance check does not see. For each parameter of the gathered
+model (``initcore.distributed.gather``):
+
+- ``distribution``: its values come from the strategy's distribution: a two-sample Kolmogorov-Smirnov
+  test against the same parameter of the one-process model drawn at another seed (so any strategy,
+  and a user's own init, has its target; the one-process rules are themselves KS-tested against their
+  exact formulas in tests/init);
+- ``independence``: no two ranks' shards are equal, their element-wise correlation is within what
+  independent draws give, and every weight matrix has full rank;
+- ``identical``: bit-equal to the one-process model of the same seed; ``invariant``: bit-equal
+  across world sizes;
+- ``initialized``: no rank holds a NaN after init, though every piece ``to_empty`` made was NaN
+  before it (poison); ``replicas``: ranks that hold the same region hold the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from initcore.distributed import launch
+from initcore.distributed.gather import RankResult, Recipe, assemble, run_recipe
+from initcore.models.roles import RoledParam
+
+# Family-wise false-alarm rates, split over the tests of one report by Bonferroni: with ~100 KS tests and
+# ~1000 shard pairs per report, each single test then runs at ~1e-5 and 1e-6, and a correct init fails a
+# report with probability < 1e-3. A wrong one is far outside: identical shards have r = 1, where the bound
+# for a 32 x 128 shard is ~0.08; a std off by sqrt(2) (fans from the local shard) is a KS distance of ~0.1
+# against a critical ~0.03.
+KS_FAMILY_ALPHA = 1e-3
+CORRELATION_FAMILY_ALPHA = 1e-3
+WORLD_SIZES = (1, 2, 4)
+
+
+# --- statistics ---------------------------------------------------------------------------------------------
+
+
+def kolmogorov_sf(x: float) -> float:
+    """P(K > x) for the Kolmogorov distribution: 2 sum_k (-1)^(k-1) exp(-2 k^2 x^2)."""
+    if x < 0.2:  # the series converges slowly there and the probability is 1 to 1e-9
+        return 1.0
+    total = sum((-1) ** (k - 1) * math.exp(-2 * k * k * x * x) for k in range(1, 101))
+    return min(1.0, max(0.0, 2 * total))
+
+
+def ks_2samp(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov test: ``(D, p)``, D the largest distance of the two empirical CDFs.
+
+    p is the asymptotic Kolmogorov tail at (sqrt(ne) + 0.12 + 0.11/sqrt(ne)) D with ne = nm/(n+m)
+    (Stephens' correction, as in Numerical Recipes' ``kstwo``); it matches ``scipy.stats.ks_2samp``'s
+    exact p to a few percent for samples of thousands, which is what weights are.
+    """
+    x = np.sort(a.detach().cpu().double().flatten().numpy())
+    y = np.sort(b.detach().cpu().double().flatten().numpy())
+    n, m = x.size, y.size
+    if n == 0 or m == 0:
+        raise ValueError("ks_2samp needs two non-empty samples")
+    points = np.concatenate([x, y])
+    d = float(np.abs(np.searchsorted(x, points, side="right") / n - np.searchsorted(y, points, side="right") / m).max())
+    ne = n * m / (n + m)
+    return d, kolmogorov_sf((math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d)
+
+
+def normal_quantile(p: float) -> float:
+    """The standard normal quantile Phi^(-1)(p)."""
+    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
+
+
+def correlation_bound(n: int, tests: int, alpha: float = CORRELATION_FAMILY_ALPHA) -> float:
+    """Largest |r| that ``tests`` correlations of n independent pairs reach with probability ``alpha``.
+
+    For independent x, y with finite fourth moments, sqrt(n) r -> N(0, 1) (so r ~ N(0, 1/n)); with
+    Bonferroni over the tests each is two-sided at alpha/tests: |r| <= Phi^(-1)(1 - alpha/(2 tests)) / sqrt(n).
+    """
+    return normal_quantile(1 - alpha / (2 * max(1, tests))) / math.sqrt(n)
+
+
+def correlation(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of two equally shaped tensors, element by element (float64)."""
+    x, y = x.double().flatten(), y.double().flatten()
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float(x @ x) * float(y @ y))
+    return float(x @ y) / denominator if denominator > 0 else math.nan
+
+
+def is_random(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds more than one value: drawn, not set to a constant (zeros, ones)."""
+    flat = t.flatten()
+    return flat.numel() > 1 and bool((flat != flat[0]).any())
+
+
+Region = tuple[tuple[int, ...], tuple[int, ...]]  # (offset, shape) in the full tensor
+
+
+def cut(full: torch.Tensor, region: Region) -> torch.Tensor:
+    """The piece of ``full`` at ``region``."""
+    offset, shape = region
+    return full[tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))]
+
+
+def _crop(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    common = tuple(min(a, b) for a, b in zip(x.shape, y.shape, strict=True))
+    index = tuple(slice(0, c) for c in common)
+    return x[index], y[index]
+
+
+def matrices(name: str, full: torch.Tensor, roles: Mapping[str, tuple]) -> list[torch.Tensor]:
+    """The weight matrices of a parameter: per packed chunk where its role says so, else the tensor
+    itself as (shape[0], rest); none for a vector."""
+    if full.dim() < 2:
+        return []
+    if name in roles:
+        role, chunks, transposed, parts, block = roles[name]
+        return RoledParam(name, role, full, chunks, block, transposed, parts).matrices()
+    return [full.reshape(full.shape[0], -1)]
+
+
+@dataclass(frozen=True)
+class Independence:
+    """The shards of one parameter against each other, and the ranks of its matrices."""
+
+    pairs: int  # pairs of distinct shards compared
+    equal_pairs: list[tuple[int, int]]  # (i, j) of shards with the same values
+    max_abs_r: float  # the largest |correlation| of a pair; NaN where there are no pairs
+    shard_elements: int  # elements of the smallest pair compared: the n of the correlation bound
+    rank_deficient: list[tuple[int, int]]  # (rank, full rank) of each matrix below full rank
+
+    def ok(self, bound: float) -> bool:
+        """No equal shards, no matrix below full rank, and no correlation beyond ``bound``."""
+        return not self.equal_pairs and not self.rank_deficient and not (self.max_abs_r > bound)
+
+
+def rank_deficient(name: str, full: torch.Tensor, roles: Mapping[str, tuple]) -> list[tuple[int, int]]:
+    """``(rank, full rank)`` of each matrix of a parameter that is below full rank (float64 SVD: a drawn
+    matrix has full rank with probability 1; repeated blocks of rows or columns do not)."""
+    out = []
+    for m in matrices(name, full, roles):
+        rank = int(torch.linalg.matrix_rank(m.double()))
+        if rank < min(m.shape):
+            out.append((rank, min(m.shape)))
+    return out
+
+
+def independence(name: str, full: torch.Tensor, regions: Sequence[Region], roles: Mapping[str, tuple],
+                 deficient: list[tuple[int, int]] | None = None) -> Independence:
+    """Compare the distinct shards of one parameter: ``regions`` has one entry per rank (repeats are
+    replicas of one shard). ``deficient``: ``rank_deficient`` of ``full`` if already known."""
+    distinct = list(dict.fromkeys(regions))
+    pieces = [cut(full, r) for r in distinct]
+    equal, largest, smallest = [], math.nan, 0
+    for (i, x), (j, y) in combinations(enumerate(pieces), 2):
+        x, y = _crop(x, y)
+        if x.numel() < 2:
+            continue
+        if torch.equal(x, y):
+            equal.append((i, j))
+        r = abs(correlation(x, y))
+        largest = r if math.isnan(largest) else max(largest, r)
+        smallest = x.numel() if smallest == 0 else min(smallest, x.numel())
+    if deficient is None:
+        deficient = rank_deficient(name, full, roles)
+    pairs = len(distinct) * (len(distinct) - 1) // 2
+    return Independence(pairs, equal, largest, smallest, deficient)
+
+
+# --- the whole check ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardReport:
+    """The outcome of ``check``: a table, one row per world size and parameter, and what failed."""
+
+    recipe: str
+    table: pd.DataFrame
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the checks could not see
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def failed(self, check: str) -> pd.DataFrame:
+        """Rows where ``check`` (one of ``CHECKS``) is False; None (not applicable) is not a failure."""
+        return self.table[self.table[check].eq(False)]
+
+
+# The boolean columns of a report; None where a check does not apply (a constant parameter has no
+# distribution to test and nothing to be independent of, a plain tensor no shards).
+CHECKS = ("distribution", "independent", "identical", "invariant", "initialized", "replicas")
+
+
+def _run(recipe: Recipe, world_size: int, seed: int, backend: str, timeout_s: float | None) -> list[RankResult]:
+    results = launch.group(world_size, backend).run(run_recipe, recipe, seed, timeout_s=timeout_s)
+    assemble(results)
+    return results
+
+
+def floating_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and floating buffers by name, detached: what the checks compare."""
+    out = {n: p.detach() for n, p in model.named_parameters()}
+    out.update({n: b.detach() for n, b in model.named_buffers() if b is not None and b.is_floating_point()})
+    return out
+
+
+def gathered_model(reference: nn.Module, full: Mapping[str, torch.Tensor]) -> nn.Module:
+    """``reference`` (a one-process model of the same architecture) with the gathered tensors copied in."""
+    with torch.no_grad():
+        for name, t in floating_state(reference).items():
+            t.copy_(full[name])
+    return reference
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical: same shape, dtype and bytes (NaN equals the same NaN; -0.0 is not 0.0)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    # Small SVDs and reductions: on a busy 2-core machine two threads contend and run 10-20x slower than one
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check(recipe: Recipe, world_sizes: Iterable[int] = WORLD_SIZES, *, seed: int = 0,
+          reference: Callable[[torch.Generator], nn.Module] | None = None, backend: str = "gloo",
+          timeout_s: float | None = None, runs: Mapping[int, list[RankResult]] | None = None) -> ShardReport:
+    """Run ``recipe(mesh, generator)`` on each world size and check what it gives (see the module docstring).
+
+    Args:
+        recipe: builds and initializes the sharded model on a rank (``initcore.distributed.recipes``, or
+            the user's trainer code); a module-level function or picklable object.
+        world_sizes: the world sizes to run; each gets one reused process group (``launch.group``).
+        seed: every rank's generator is ``torch.Generator().manual_seed(seed)``.
+        reference: ``reference(generator)`` builds the one-process model (``recipe.reference`` if the
+            recipe has one). Without it the model of the smallest world size stands in for one
+            process: ``identical`` is then world-size invariance, and the distribution's reference is
+            the recipe at that world size at seed + 1.
+        backend: ``"gloo"`` (CPU ranks) or ``"nccl"`` (one CUDA device per rank).
+        timeout_s: bound on each world size's run; a rank that dies or hangs raises ``RankFailure``.
+        runs: results of ``run_recipe`` already gathered, by world size (a caller that keeps them).
+
+    Returns:
+        A ``ShardReport``: ``table`` (world_size, name, role, shape, layout, std, target_std, ks_d, ks_p,
+        max_r, r_bound, full_rank, and one column per check of ``CHECKS``), ``failures`` and ``notes``.
+    """
+    sizes = sorted(set(world_sizes))
+    if not sizes or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in sizes):
+        raise ValueError(f"world_sizes must be positive integers, got {list(world_sizes)!r}")
+    runs = dict(runs or {})
+    for w in sizes:
+        if w not in runs:
+            runs[w] = _run(recipe, w, seed, backend, timeout_s)
+        assemble(runs[w])
+    reference = reference or getattr(recipe, "reference", None)
+    if reference is not None:
+        with _one_thread():  # as the ranks run: a QR (orthogonal) rounds differently on two threads
+            one_process = floating_state(reference(torch.Generator().manual_seed(seed)))
+            other_seed = floating_state(reference(torch.Generator().manual_seed(seed + 1)))
+    else:
+        one_process = runs[sizes[0]][0].full
+        other_seed = _run(recipe, sizes[0], seed + 1, backend, timeout_s)[0].full
+    name = getattr(recipe, "name", None) or getattr(recipe, "__qualname__", None) or repr(recipe)
+    return _report(str(name), sizes, runs, one_process, other_seed)
+
+
+class _PerContent:
+    """What depends on a parameter's values only (randomness, KS, matrix ranks), computed once per content:
+    a model that is the same at every world size costs one computation, not one per world size."""
+
+    def __init__(self, roles: Mapping[str, tuple], other_seed: Mapping[str, torch.Tensor]) -> None:
+        self.roles, self.other_seed = roles, other_seed
+        self._cache: dict[tuple[str, bytes], tuple] = {}
+
+    def __call__(self, name: str, t: torch.Tensor) -> tuple[bool, tuple[float, float], list[tuple[int, int]]]:
+        key = (name, t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        if key not in self._cache:
+            other = self.other_seed.get(name)
+            drawn = is_random(t) and other is not None and is_random(other) and not bool(torch.isnan(t).any())
+            ks = ks_2samp(t, other) if drawn else (math.nan, math.nan)
+            self._cache[key] = (drawn, ks, rank_deficient(name, t, self.roles) if drawn else [])
+        return self._cache[key]
+
+
+def _report(recipe: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
+            one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor]) -> ShardReport:
+    with _one_thread():
+        return _rows(recipe, sizes, runs, one_process, other_seed)
+
+
+def _rows(recipe: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
+          one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor]) -> ShardReport:
+    first = runs[sizes[0]][0].full
+    roles = runs[sizes[0]][0].roles
+    per_content = _PerContent(roles, other_seed)
+    drawn = {(w, n): per_content(n, t)[0] for w in sizes for n, t in runs[w][0].full.items()}
+    # Bonferroni over the report: KS once per drawn parameter content, correlations once per shard pair
+    ks_alpha = KS_FAMILY_ALPHA / max(1, sum(drawn.values()))
+    pair_tests = 0
+    for w in sizes:
+        for n in runs[w][0].full:
+            k = len({r.regions[n] for r in runs[w]})
+            pair_tests += k * (k - 1) // 2 if drawn[(w, n)] else 0
+    rows, failures, notes = [], [], []
+    for w in sizes:
+        results = runs[w]
+        for n, t in results[0].full.items():
+            is_drawn, (d, p), deficient = per_content(n, t)
+            role = roles.get(n, ("-",))[0]
+            layout = results[0].layouts[n]
+            ind = independence(n, t, [r.regions[n] for r in results], roles, deficient) if is_drawn else None
+            bound = correlation_bound(ind.shard_elements, pair_tests) if ind and ind.shard_elements else math.nan
+            digests: dict[Region, set[str]] = {}
+            for r in results:
+                digests.setdefault(r.regions[n], set()).add(r.digests[n])
+            nan_ranks = [r.rank for r in results if n in r.nan]
+            other = other_seed.get(n)
+            row = {
+                "world_size": w, "name": n, "role": role, "shape": "x".join(map(str, t.shape)) or "scalar",
+                "layout": layout if layout == "local" else f"{layout} over {w}",
+                "std": float(t.double().std()) if t.numel() > 1 else math.nan,
+                "target_std": float(other.double().std()) if other is not None and other.numel() > 1 else math.nan,
+                "ks_d": d, "ks_p": p,
+                "max_r": ind.max_abs_r if ind else math.nan, "r_bound": bound,
+                "full_rank": (not deficient) if is_drawn and t.dim() >= 2 else None,
+                "distribution": (p > ks_alpha) if is_drawn else None,
+                "independent": ind.ok(bound) if ind and ind.pairs else None,
+                "identical": n in one_process and same_bits(t, one_process[n].cpu()),
+                "invariant": same_bits(t, first[n]),
+                "initialized": not nan_ranks and not bool(torch.isnan(t).any()),
+                "replicas": all(len(v) == 1 for v in digests.values()),
+            }
+            rows.append(row)
+            failures += _explain(f"world size {w}, {n} ({role})", row, ind, bound, ks_alpha, nan_ranks, sizes[0])
+        if results[0].poisoned == 0:
+            notes.append(f"world size {w}: the recipe never called to_empty, so no memory was poisoned: "
+                         "memory left uninitialized by its init would not show as NaN")
+    return ShardReport(recipe, pd.DataFrame(rows), failures, notes)
+
+
+def _explain(where: str, row: Mapping, ind: Independence | None, bound: float, ks_alpha: float,
+             nan_ranks: list[int], first_size: int) -> list[str]:
+    out = []
+    if row["distribution"] is False:
+        out.append(f"{where}: not the strategy's distribution: KS D {row['ks_d']:.4g}, p {row['ks_p']:.2g} <= "
+                   f"{ks_alpha:.2g} (std {row['std']:.4g}, one process {row['target_std']:.4g})")
+    if ind and ind.equal_pairs:
+        out.append(f"{where}: shards {', '.join(f'{i} and {j}' for i, j in ind.equal_pairs)} are equal")
+    if ind and ind.max_abs_r > bound:
+        out.append(f"{where}: shards correlate, |r| {ind.max_abs_r:.3g} > {bound:.3g} (independent draws of "
+                   f"{ind.shard_elements} values)")
+    if ind and ind.rank_deficient:
+        out.append(f"{where}: matrix rank {', '.join(f'{a} of {b}' for a, b in ind.rank_deficient)}")
+    if not row["identical"]:
+        out.append(f"{where}: not bit-identical to the one-process init of the same seed")
+    if not row["invariant"]:
+        out.append(f"{where}: not bit-identical to world size {first_size}")
+    if not row["initialized"]:
+        ranks = ", ".join(map(str, nan_ranks)) or "none (in the gathered tensor)"
+        out.append(f"{where}: NaN after init, memory to_empty left as it was; on ranks {ranks}")
+    if not row["replicas"]:
+        out.append(f"{where}: ranks that hold the same region hold different values")
+    return out
