@@ -229,6 +229,14 @@ def run(args: argparse.Namespace) -> int:
     except ResultsError as e:
         print(f"initcore compare: error: {e}", file=sys.stderr)
         return 2
+    for path, data in ((args.results, first), (args.other, second)):
+        # Exit 2, not 1: 1 says "slower", which CI reads as a regression of the code; a file without timings
+        # says nothing about speed. It is unusable input, as a file that is not JSON is.
+        if data is not None and not data["benchmarks"]:
+            print(f"initcore compare: error: {path} holds no benchmarks (was it written with --benchmark-skip "
+                  "or --benchmark-disable?); write one with pytest bench --benchmark-only --benchmark-json=FILE",
+                  file=sys.stderr)
+            return 2
     if second is None:
         print(_describe(args.results, first))
         print(format_table(table(first)))

@@ -194,6 +194,18 @@ def test_command_exits_2_on_a_bad_file_with_one_line(tmp_path, capsys, files):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("empty_one", [0, 1])
+def test_command_exits_2_on_a_file_without_benchmarks(tmp_path, capsys, empty_one):
+    files = [_write(tmp_path, "a.json", RUN), _write(tmp_path, "b.json", RUN)]
+    files[empty_one] = _write(tmp_path, "empty.json", _results())
+    assert compare.main(files[: empty_one + 1]) == 2  # alone (the table) and as the later run
+    captured = capsys.readouterr()
+    assert captured.err == f"initcore compare: error: {files[empty_one]} holds no benchmarks (was it written with " \
+                           "--benchmark-skip or --benchmark-disable?); write one with pytest bench --benchmark-only " \
+                           "--benchmark-json=FILE\n"
+    assert captured.out == ""
+
+
 def test_command_exits_2_when_no_benchmark_is_shared(tmp_path, capsys):
     a = _write(tmp_path, "a.json", _results(_bench("a", "forward", "cpu", 0.001)))
     b = _write(tmp_path, "b.json", _results(_bench("b", "forward", "cpu", 0.001)))

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
+import sys
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -73,3 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # the library's word on bad sizes, strategies, gains: one line, no traceback
         parser.error(str(e))
         raise AssertionError("parser.error exits") from e
+    except BrokenPipeError:  # `initcore list | head`: the reader left; nothing more to say to it
+        try:  # Python's recipe: point stdout at /dev/null, so that the interpreter's final flush is silent
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):  # a stdout with no file descriptor has nothing to flush
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it

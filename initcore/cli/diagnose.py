@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from initcore import probe
-from initcore.cli._common import add_model_options, build_model_and_inputs, default_loss, describe
+from initcore.cli._common import add_model_options, build_model_and_inputs, comment, default_loss, describe
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(findings.to_json(orient="records", double_precision=10) + "\n")
         return 0
-    print(f"# {describe(args)}, loss {loss}")
+    sys.stdout.write(comment(f"{describe(args, model, inputs)}, loss {loss}"))
     sys.stdout.write(diagnose.format_findings(findings, n_fixes=args.fixes))
     if args.health:
         from initcore import health

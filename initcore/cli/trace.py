@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from initcore import init, probe
-from initcore.cli._common import add_model_options, build_model_and_inputs, default_loss, describe, print_frame
+from initcore.cli._common import (
+    add_model_options,
+    build_model_and_inputs,
+    comment,
+    default_loss,
+    describe,
+    print_frame,
+    strategy_of,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,12 +37,12 @@ def run(args: argparse.Namespace) -> int:
     model, inputs = build_model_and_inputs(args)
     if args.theory:  # before the trace, so that a strategy theory does not know fails at once
         gain = init.activation_gain(model) if args.gain == "auto" else args.gain
-        predicted = probe.mlp_theory(model, args.init, gain=gain, bias=args.bias or 0.0)
+        predicted = probe.mlp_theory(model, strategy_of(args), gain=gain, bias=args.bias or 0.0)
     loss = default_loss(args)
     frame = probe.trace(model, inputs, loss=loss)
     if args.theory:
         frame = probe.with_theory(frame, predicted)
     if args.format == "table":
-        print(f"# {describe(args)}, loss {loss}")
+        sys.stdout.write(comment(f"{describe(args, model, inputs)}, loss {loss}"))
     print_frame(frame, args.format)
     return 0

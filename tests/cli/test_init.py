@@ -31,9 +31,12 @@ def _package(tmp_path, monkeypatch, modules: dict[str, str]) -> types.ModuleType
 
 
 def test_every_command_module_becomes_a_command():
-    assert set(cli.command_modules()) == {"compare", "diagnose", "list_", "report", "trace"}
+    modules = cli.command_modules()
+    public = {p.stem for p in Path(cli.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+    assert set(modules) == public  # others add commands (shards, coord) by adding a module, nothing else
+    assert {"compare", "diagnose", "list_", "report", "trace"} <= public
     sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == COMMANDS
+    assert COMMANDS <= set(sub.choices) and len(sub.choices) == len(modules)
 
 
 HELLO = """
@@ -87,3 +90,13 @@ def test_console_script_is_installed_and_runs():
     done = subprocess.run([str(script), "list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "strategies:" in done.stdout
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch):
+    """``initcore list | head -1``: the reader leaves early; exit 141 (SIGPIPE's), no traceback."""
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # restored after the test, whatever main puts there
+    monkeypatch.setattr(cli.command_modules()["list_"], "run", closed)
+    assert cli.main(["list"]) == 141
