@@ -3,18 +3,52 @@
 bench/, the report and the command line all read these; none defines a configuration of its own.
 Each run knows how to build its model and inputs from a seeded CPU generator (weights first, then
 inputs), so a run on CUDA starts from exactly the numbers of the same run on the CPU.
+
+Every run type carries its family's facts, so no caller asks which type it has: ``key`` (its name in a
+baseline file), ``build(generator)``, ``loss``, ``select`` and ``train`` (how ``initcore.probe.trace``
+measures it), ``statistics`` (which statistics a baseline of it holds, by row kind) and
+``rounding_amplification()``. ``Case`` is the run of a model initcore did not write: a name and a
+factory ``seed -> (model, inputs)``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from initcore import init
+from initcore import init, theory
 from initcore.models import MLP, MLPConfig, Transformer, TransformerConfig
+
+# --- which statistics a baseline holds ---------------------------------------------------------------
+# Chosen for a small seed-to-seed spread relative to their value (so a real change stands out) and for
+# covering what a regression moves: scale (stds, norms), shape (dead and saturated fractions) and, for
+# attention, the logits and how peaked the softmax is. Left out on purpose:
+#   act_min, act_max   extremes of one draw: a large, heavy-tailed spread that says little;
+#   act_mean           where it is a signed number near 0 (tanh, linear outputs, residual streams) its
+#                      spread dwarfs its value; kept where E[phi(h)] > 0 is a real signal (relu, gelu,
+#                      silu, sigmoid hidden layers), which a changed bias or activation moves;
+#   act_rms, grad_std  ~ act_std and grad_norm / sqrt(n) at init: redundant rows;
+#   grad_mean          signed, ~0;
+#   nan_count, inf_count  0 in every configuration: the symptom tests assert them instead;
+#   attn_entropy, attn_max  attn_entropy_norm carries the same information, normalized.
+# Every parameter adds its param_std (and param_mean if it is a vector): see testing.measure.parameter_stats.
+MLP_STATISTICS = ("preact_std", "act_std", "dead_frac", "saturated_frac", "grad_norm", "out_grad_norm")
+POSITIVE_MEAN_ACTIVATIONS = ("relu", "gelu", "silu", "sigmoid")
+PARAM_STATISTICS = ("param_std", "param_mean")
+TRANSFORMER_STATISTICS: Mapping[str, tuple[str, ...]] = {
+    "attn": ("act_std", "logit_std", "attn_entropy_norm", "grad_norm", "out_grad_norm"),
+    "ffn": ("act_std", "grad_norm", "out_grad_norm"),
+    "block": ("act_std", "grad_norm", "out_grad_norm"),  # block act_std: the residual stream
+}
+# Any row of a model initcore did not write ("*": every kind): the same choice, read off what applies
+# (a statistic a row does not have is NaN there and no baseline row).
+CASE_STATISTICS = ("preact_std", "act_std", "dead_frac", "saturated_frac", "grad_norm", "out_grad_norm",
+                   "logit_std", "attn_entropy_norm")
 
 
 @dataclass(frozen=True)
@@ -27,6 +61,39 @@ class MLPRun:
     gain: float | str | None = None  # None: the strategy's default
     bias: float | None = None  # fill every bias with this constant after the strategy
     loss: str = "mean"  # see initcore.probe.trace
+    select = None  # the model's declared rows (initcore.probe.select)
+    train = False
+
+    @property
+    def statistics(self) -> dict[str, tuple[str, ...]]:
+        """Which statistics a baseline of this run holds, by row kind (see MLP_STATISTICS)."""
+        extra = ("act_mean",) if self.model.activation in POSITIVE_MEAN_ACTIVATIONS else ()
+        return {"linear": MLP_STATISTICS + extra, "param": PARAM_STATISTICS}
+
+    def rounding_amplification(self) -> float:
+        """Mean-field factor by which this MLP amplifies a relative perturbation of its hidden signal.
+
+        Per hidden layer a small perturbation grows by sqrt(chi_l) while the signal grows by
+        sqrt(q_{l+1} / q_l); their ratio is sqrt(g_l) with g_l = q_l E[phi'(h)^2] / E[phi(h)^2], h ~ N(b, q_l)
+        (``theory.mlp_mean_field``), 1 for ReLU (homogeneous), >> 1 for saturated tanh. The product over
+        the hidden layers of max(1, sqrt(g_l)).
+        """
+        cfg = self.model
+        fans = [(cfg.in_features if i == 0 else cfg.width, cfg.width) for i in range(cfg.depth)]
+        gain = self.gain if isinstance(self.gain, (int, float)) else None
+        sigma_w2 = [fi * theory.init_variance(self.init, fi, fo, gain) for fi, fo in fans]
+        bias = self.bias or 0.0
+        q = theory.mlp_mean_field(cfg.activation, cfg.depth, sigma_w2, bias)["preact_var"]
+        phi, dphi = theory.activation_fn(cfg.activation), theory.activation_derivative(cfg.activation)
+        amplification = 1.0
+        for layer in range(cfg.depth - 1):
+            if not 0 < q[layer] < math.inf:
+                continue
+            second = theory.gaussian_expectation(lambda h: phi(h) ** 2, bias, q[layer])
+            slope = theory.gaussian_expectation(lambda h: dphi(h) ** 2, bias, q[layer])
+            if second > 0:
+                amplification *= math.sqrt(max(1.0, q[layer] * slope / second))
+        return amplification
 
     @property
     def key(self) -> str:
@@ -63,6 +130,14 @@ class TransformerRun:
     # The stack ends in a norm, whose output has mean 0 and mean square ~1 whatever its input: "mean" and
     # "square" give it no gradient, a fixed random projection does (see initcore.probe.trace).
     loss: str = "random"
+    select = None  # the model's declared rows: blocks.i.attn, blocks.i.ffn, blocks.i
+    train = False
+    statistics = {**TRANSFORMER_STATISTICS, "param": PARAM_STATISTICS}
+
+    def rounding_amplification(self) -> float:
+        """1: a normalized residual stack does not amplify rounding (measured: float32 and float64 agree
+        to < 1e-4 relative in every bench configuration)."""
+        return 1.0
 
     @property
     def key(self) -> str:
@@ -86,7 +161,53 @@ class TransformerRun:
         return model, idx
 
 
-Run = MLPRun | TransformerRun
+@dataclass(frozen=True)
+class Case:
+    """A model initcore did not write, as a run: a name and a factory ``seed -> (model, inputs)``.
+
+    The factory builds and initializes the model and draws its inputs from ``seed`` alone (on the CPU:
+    ``initcore.testing`` moves both to the test's device), so that a seed gives the same numbers
+    every time. ``inputs`` is what ``probe.trace`` takes: a tensor, a tuple, or a dict of keyword
+    arguments. ``select``, ``loss`` and ``train`` are ``probe.trace``'s; ``statistics`` the baseline's
+    choice by row kind ("*": every kind; default ``CASE_STATISTICS`` and the parameters' own).
+
+    >>> case = Case("tiny", lambda seed: (nn.Linear(3, 2), torch.ones(4, 3)))
+    >>> case.key, case.loss
+    ('tiny', 'mean')
+    """
+
+    key: str
+    factory: Callable[[int], tuple[nn.Module, Any]]
+    loss: str | Callable | None = "mean"
+    select: Any = None
+    train: bool = False
+    statistics: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"*": CASE_STATISTICS, "param": PARAM_STATISTICS})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key or any(c in self.key for c in "\n,\""):
+            raise ValueError(f"a Case's key names it in baseline files: a non-empty string without newlines, "
+                             f"commas or quotes; got {self.key!r}")
+        if not callable(self.factory):
+            raise ValueError(f"Case {self.key!r}: factory must be a callable seed -> (model, inputs), "
+                             f"got {type(self.factory).__name__}")
+
+    def __hash__(self) -> int:  # cached per (case, seed, device) like the other runs
+        return hash((self.key, id(self.factory)))
+
+    def build(self, generator: torch.Generator) -> tuple[nn.Module, Any]:
+        """The factory's model and inputs for the generator's seed (checked: a module, and inputs)."""
+        made = self.factory(generator.initial_seed())
+        if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module)):
+            raise ValueError(f"Case {self.key!r}: the factory must return (model, inputs) with model an "
+                             f"nn.Module; got {type(made).__name__}")
+        return made
+
+    def rounding_amplification(self) -> float:
+        return 1.0  # unknown: the device check holds gradients to the plain float32 tolerance
+
+
+Run = MLPRun | TransformerRun | Case
 
 
 def with_init(run: Run, name: str, **changes) -> Run:

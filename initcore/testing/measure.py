@@ -12,7 +12,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from initcore import baselines, probe, theory
-from initcore.experiments import MLPRun, Run, TransformerRun
+from initcore import baselines, experiments, probe
+from initcore.experiments import Run
 
 # Baselines are summaries over these seeds, never over the run's --seed: a fixed set makes the stored
 # files reproducible, and a --seed S run is then a genuinely new draw compared against them. Why 16 and
@@ -31,27 +31,12 @@ from initcore.experiments import MLPRun, Run, TransformerRun
 # true one, a 1-in-1300 draw). With 16 seeds P(|t_15| > 10/1.03) = 7e-8 per number: 2e-4 per run.
 BASELINE_SEEDS: tuple[int, ...] = tuple(range(1000, 1016))
 
-# --- which statistics a baseline holds ---------------------------------------------------------------
-# Chosen for a small seed-to-seed spread relative to their value (so a real change stands out) and for
-# covering what a regression moves: scale (stds, norms), shape (dead and saturated fractions) and, for
-# attention, the logits and how peaked the softmax is. Left out on purpose:
-#   act_min, act_max   extremes of one draw: a large, heavy-tailed spread that says little;
-#   act_mean           where it is a signed number near 0 (tanh, linear outputs, residual streams) its
-#                      spread dwarfs its value; kept where E[phi(h)] > 0 is a real signal (relu, gelu,
-#                      silu, sigmoid hidden layers), which a changed bias or activation moves;
-#   act_rms, grad_std  ~ act_std and grad_norm / sqrt(n) at init: redundant rows;
-#   grad_mean          signed, ~0;
-#   nan_count, inf_count  0 in every configuration: the symptom tests assert them instead;
-#   attn_entropy, attn_max  attn_entropy_norm carries the same information, normalized.
-# Every parameter adds its param_std (and param_mean if it is a vector): see parameter_stats.
-MLP_STATISTICS = ("preact_std", "act_std", "dead_frac", "saturated_frac", "grad_norm", "out_grad_norm")
-POSITIVE_MEAN_ACTIVATIONS = ("relu", "gelu", "silu", "sigmoid")
-PARAM_STATISTICS = ("param_std", "param_mean")
-TRANSFORMER_STATISTICS: Mapping[str, tuple[str, ...]] = {
-    "attn": ("act_std", "logit_std", "attn_entropy_norm", "grad_norm", "out_grad_norm"),
-    "ffn": ("act_std", "grad_norm", "out_grad_norm"),
-    "block": ("act_std", "grad_norm", "out_grad_norm"),  # block act_std: the residual stream
-}
+# Which statistics a baseline holds is a fact of each run type (``run.statistics``; the choice and its
+# reasons are in initcore.experiments, beside MLP_STATISTICS).
+MLP_STATISTICS = experiments.MLP_STATISTICS
+POSITIVE_MEAN_ACTIVATIONS = experiments.POSITIVE_MEAN_ACTIVATIONS
+PARAM_STATISTICS = experiments.PARAM_STATISTICS
+TRANSFORMER_STATISTICS = experiments.TRANSFORMER_STATISTICS
 
 # --- how closely two devices (or two precisions) must agree -------------------------------------------
 # The same weights and inputs on CUDA and on the CPU differ only by float32 rounding (summation order,
@@ -83,31 +68,10 @@ _FRACTIONS = ("_frac", "entropy_norm")
 
 
 def rounding_amplification(run: Run) -> float:
-    """Mean-field factor by which ``run`` amplifies a relative perturbation of its hidden signal.
-
-    Per hidden layer of an MLP a small perturbation grows by sqrt(chi_l) while the signal grows by
-    sqrt(q_{l+1} / q_l); their ratio is sqrt(g_l) with g_l = q_l E[phi'(h)^2] / E[phi(h)^2], h ~ N(b, q_l)
-    (``theory.mlp_mean_field``), 1 for ReLU (homogeneous), >> 1 for saturated tanh. The product over the
-    hidden layers of max(1, sqrt(g_l)); 1 for transformers (normalized, residual: measured < 1e-4).
-    """
-    if not isinstance(run, MLPRun):
-        return 1.0
-    cfg = run.model
-    fans = [(cfg.in_features if i == 0 else cfg.width, cfg.width) for i in range(cfg.depth)]
-    gain = run.gain if isinstance(run.gain, (int, float)) else None
-    sigma_w2 = [fi * theory.init_variance(run.init, fi, fo, gain) for fi, fo in fans]
-    bias = run.bias or 0.0
-    q = theory.mlp_mean_field(cfg.activation, cfg.depth, sigma_w2, bias)["preact_var"]
-    phi, dphi = theory.activation_fn(cfg.activation), theory.activation_derivative(cfg.activation)
-    amplification = 1.0
-    for layer in range(cfg.depth - 1):
-        if not 0 < q[layer] < math.inf:
-            continue
-        second = theory.gaussian_expectation(lambda h: phi(h) ** 2, bias, q[layer])
-        slope = theory.gaussian_expectation(lambda h: dphi(h) ** 2, bias, q[layer])
-        if second > 0:
-            amplification *= math.sqrt(max(1.0, q[layer] * slope / second))
-    return amplification
+    """The run's mean-field factor of rounding amplification (``MLPRun.rounding_amplification``); 1 for
+    runs that have none (transformers: normalized, residual, measured < 1e-4)."""
+    amplification = getattr(run, "rounding_amplification", None)
+    return amplification() if callable(amplification) else 1.0
 
 
 def device_rtol(run: Run) -> float:
@@ -117,7 +81,7 @@ def device_rtol(run: Run) -> float:
 
 class Built(NamedTuple):
     model: nn.Module
-    inputs: torch.Tensor
+    inputs: Any  # a tensor, a tuple of them, or a dict of keyword arguments
     generator: torch.Generator  # the CPU generator, after the model and inputs were drawn from it
 
 
@@ -131,9 +95,19 @@ def build(run: Run, seed: int, device: str | torch.device = "cpu", dtype: torch.
     generator = torch.Generator().manual_seed(seed)
     model, inputs = run.build(generator)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    floating = inputs.is_floating_point()
-    inputs = inputs.to(device=device, dtype=dtype if floating and dtype is not None else inputs.dtype)
-    return Built(model, inputs, generator)
+    return Built(model, move(inputs, device, dtype), generator)
+
+
+def move(inputs, device: str | torch.device, dtype: torch.dtype | None = None):
+    """``inputs`` (a tensor, or tuples, lists and dicts of them) on ``device``, floating tensors cast to ``dtype``."""
+    if isinstance(inputs, torch.Tensor):
+        cast = dtype if dtype is not None and inputs.is_floating_point() else inputs.dtype
+        return inputs.to(device=device, dtype=cast)
+    if isinstance(inputs, Mapping):
+        return {k: move(v, device, dtype) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(move(v, device, dtype) for v in inputs)
+    return inputs
 
 
 def parameter_stats(model: nn.Module) -> pd.DataFrame:
@@ -162,17 +136,17 @@ def measure(run: Run, seed: int, device: str | torch.device = "cpu", dtype: torc
     ``parameter_stats`` rows of the model (kind "param")."""
     model, inputs, _ = build(run, seed, device, dtype)
     params = parameter_stats(model)
-    return pd.concat([probe.trace(model, inputs, run.loss), params], ignore_index=True)
+    frame = probe.trace(model, inputs, run.loss, select=run.select, train=run.train)
+    return pd.concat([frame, params], ignore_index=True)
 
 
 def statistics_for(run: Run) -> dict[str, tuple[str, ...]]:
-    """The statistics a baseline of ``run`` holds, by probe row kind (see the comment above)."""
-    if isinstance(run, MLPRun):
-        extra = ("act_mean",) if run.model.activation in POSITIVE_MEAN_ACTIVATIONS else ()
-        return {"linear": MLP_STATISTICS + extra, "param": PARAM_STATISTICS}
-    if isinstance(run, TransformerRun):
-        return {**TRANSFORMER_STATISTICS, "param": PARAM_STATISTICS}
-    raise TypeError(f"statistics_for takes an MLPRun or a TransformerRun, got {type(run).__name__}")
+    """The statistics a baseline of ``run`` holds, by probe row kind ("*": any kind): ``run.statistics``."""
+    stats = getattr(run, "statistics", None)
+    if not isinstance(stats, Mapping):
+        raise TypeError(f"statistics_for takes a run with a statistics mapping (MLPRun, TransformerRun, Case), "
+                        f"got {type(run).__name__}")
+    return dict(stats)
 
 
 # A transformer's blocks are alike, and with normalized inputs their branches are nearly independent draws:
@@ -183,7 +157,7 @@ def statistics_for(run: Run) -> dict[str, tuple[str, ...]]:
 # parameters whose names differ only in their indices ("layers.*.weight", "blocks.*.attn.q.weight"): one
 # 256 x 256 matrix's std spreads by 1/sqrt(2 * 65536) = 0.28% from seed to seed, a band of +-4.8% that a
 # 10% variance change (+4.9% std) only just leaves; pooled over 6 such matrices the band is +-3.1%.
-POOLED_KINDS: Mapping[str, str] = {"attn": "blocks.*.attn", "ffn": "blocks.*.ffn", "block": "blocks.*"}
+POOLED_KINDS = ("attn", "ffn", "block")  # pooled over the rows whose names differ only in their indices
 
 
 def _pooled_name(name: str) -> str:
@@ -198,15 +172,19 @@ def _pool(values: pd.Series, statistic: str) -> float:
 def tidy(frame: pd.DataFrame, statistics: Mapping[str, Iterable[str]]) -> pd.DataFrame:
     """The chosen statistics of a ``trace`` frame as baseline rows: ``layer, statistic, value``.
 
-    ``layer`` is the probe's module name. NaN values (a statistic that does not apply) are dropped;
-    ``act_mean`` of an MLP's last layer (a linear output, mean ~0) is left out; probe scale statistics
-    below UNDERFLOW are raised to it (float32 underflow, see above). Transformer kinds
-    also get one pooled row per statistic over all blocks (``POOLED_KINDS``), and parameters one per
-    name pattern ("blocks.*.attn.q.weight") that more than one parameter shares.
+    ``layer`` is the probe's module name. ``statistics`` maps a row kind to its statistics; "*" stands
+    for every kind not named. NaN values (a statistic that does not apply) are dropped; ``act_mean`` of
+    an MLP's last layer (a linear output, mean ~0) is left out; probe scale statistics below UNDERFLOW
+    are raised to it (float32 underflow, see above). The kinds of ``POOLED_KINDS`` also get one pooled
+    row per statistic and name pattern ("blocks.*.attn", "h.*"), and parameters one per name pattern
+    ("blocks.*.attn.q.weight") that more than one parameter shares.
     """
     parts = []
     last_linear = frame.loc[frame["kind"] == "linear", "layer"].max()
-    for kind, stats in statistics.items():
+    named = {k: v for k, v in statistics.items() if k != "*"}
+    kinds = [*named, *(k for k in dict.fromkeys(frame["kind"]) if k not in named and "*" in statistics)]
+    for kind in kinds:
+        stats = named.get(kind, statistics.get("*", ()))
         rows = frame[frame["kind"] == kind]
         for stat in stats:
             if stat not in rows:
@@ -218,9 +196,12 @@ def tidy(frame: pd.DataFrame, statistics: Mapping[str, Iterable[str]]) -> pd.Dat
             parts.append(pd.DataFrame({"layer": keep["module"].astype(str), "statistic": stat,
                                        "value": values, "_order": keep.index.astype(float)}))
             values = values.dropna()
-            if kind in POOLED_KINDS and len(values) > 1:
-                parts.append(pd.DataFrame({"layer": [POOLED_KINDS[kind]], "statistic": [stat],
-                                           "value": [_pool(values, stat)], "_order": [len(frame) + 0.5]}))
+            if kind in POOLED_KINDS:
+                names = keep.loc[values.index, "module"].astype(str).map(_pooled_name)
+                for name, group in values.groupby(names.to_numpy(), sort=False):
+                    if "*" in name and len(group) > 1:
+                        parts.append(pd.DataFrame({"layer": [name], "statistic": [stat],
+                                                   "value": [_pool(group, stat)], "_order": [len(frame) + 0.5]}))
             if kind == "param":
                 names = keep.loc[values.index, "module"].astype(str).map(_pooled_name)
                 for name, group in values.groupby(names.to_numpy(), sort=False):
