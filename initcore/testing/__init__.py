@@ -1,1 +1,23 @@
-"""initcore's pytest plugin and the helpers shared by bench/ and tests/ (the only home of pytest imports)."""
+"""initcore's pytest plugin and the helpers shared by bench/ and tests/ (the only home of pytest imports).
+
+In a suite of your own (see the README, "Check your own model"): ``pytest_plugins =
+["initcore.testing.plugin"]`` in the root conftest.py gives the fixtures ``trace_run`` and ``baseline`` and
+the options ``--device``, ``--seed``, ``--update-baselines``, ``--baselines-dir``; ``Case`` names your model
+and its factory, ``assert_healthy`` fails a test on any symptom of ``initcore.diagnose``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Case", "assert_healthy"]
+
+
+def __getattr__(name: str):  # lazily: loading the plugin must not import torch models, pandas or the probe
+    if name == "Case":
+        from initcore.experiments import Case
+
+        return Case
+    if name == "assert_healthy":
+        from initcore.testing.asserts import assert_healthy
+
+        return assert_healthy
+    raise AttributeError(f"module 'initcore.testing' has no attribute {name!r}")

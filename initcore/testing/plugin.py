@@ -29,6 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # the markers the plugin's parametrization uses, registered for any suite that loads it (--strict-markers)
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (initcore's device parametrization)")
+    config.addinivalue_line("markers", "large: large sizes; deselect with -m 'not large'")
     if config.getoption("--device") == "cuda" and not cuda_available():
         raise pytest.UsageError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
