@@ -18,6 +18,7 @@ model (``initcore.distributed.gather``):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -238,6 +239,23 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+_ONE_PROCESS: dict[tuple, dict[str, torch.Tensor]] = {}
+
+
+def _one_process(reference: Callable[[torch.Generator], nn.Module], seed: int, key: tuple | None):
+    """The one-process model's tensors at ``seed``, kept by ``key`` (a recipe's ``reference_key``) so that
+    recipes sharing a reference (one model under FSDP and under TP) build it once."""
+    if key is not None and (key, seed) in _ONE_PROCESS:
+        return _ONE_PROCESS[(key, seed)]
+    with _one_thread():  # as the ranks run: a QR (orthogonal) rounds differently on two threads
+        state = floating_state(reference(torch.Generator().manual_seed(seed)))
+    if key is not None:
+        if len(_ONE_PROCESS) >= 16:
+            _ONE_PROCESS.clear()
+        _ONE_PROCESS[(key, seed)] = state
+    return state
+
+
 def check(recipe: Recipe, world_sizes: Iterable[int] = WORLD_SIZES, *, seed: int = 0,
           reference: Callable[[torch.Generator], nn.Module] | None = None, backend: str = "gloo",
           timeout_s: float | None = None, runs: Mapping[int, list[RankResult]] | None = None) -> ShardReport:
@@ -270,9 +288,9 @@ def check(recipe: Recipe, world_sizes: Iterable[int] = WORLD_SIZES, *, seed: int
         assemble(runs[w])
     reference = reference or getattr(recipe, "reference", None)
     if reference is not None:
-        with _one_thread():  # as the ranks run: a QR (orthogonal) rounds differently on two threads
-            one_process = floating_state(reference(torch.Generator().manual_seed(seed)))
-            other_seed = floating_state(reference(torch.Generator().manual_seed(seed + 1)))
+        key = getattr(recipe, "reference_key", None) if reference is getattr(recipe, "reference", None) else None
+        one_process = _one_process(reference, seed, key() if key else None)
+        other_seed = _one_process(reference, seed + 1, key() if key else None)
     else:
         one_process = runs[sizes[0]][0].full
         other_seed = _run(recipe, sizes[0], seed + 1, backend, timeout_s)[0].full
@@ -280,22 +298,29 @@ def check(recipe: Recipe, world_sizes: Iterable[int] = WORLD_SIZES, *, seed: int
     return _report(str(name), sizes, runs, one_process, other_seed)
 
 
-class _PerContent:
-    """What depends on a parameter's values only (randomness, KS, matrix ranks), computed once per content:
-    a model that is the same at every world size costs one computation, not one per world size."""
+def _digest(t: torch.Tensor | None) -> bytes:
+    if t is None:
+        return b""
+    return hashlib.sha1(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).digest()
 
-    def __init__(self, roles: Mapping[str, tuple], other_seed: Mapping[str, torch.Tensor]) -> None:
-        self.roles, self.other_seed = roles, other_seed
-        self._cache: dict[tuple[str, bytes], tuple] = {}
 
-    def __call__(self, name: str, t: torch.Tensor) -> tuple[bool, tuple[float, float], list[tuple[int, int]]]:
-        key = (name, t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        if key not in self._cache:
-            other = self.other_seed.get(name)
-            drawn = is_random(t) and other is not None and is_random(other) and not bool(torch.isnan(t).any())
-            ks = ks_2samp(t, other) if drawn else (math.nan, math.nan)
-            self._cache[key] = (drawn, ks, rank_deficient(name, t, self.roles) if drawn else [])
-        return self._cache[key]
+# What depends on a parameter's values only (randomness, KS, matrix ranks), by (name, role, its bytes, the
+# reference's bytes): a model that is the same at every world size, or under two shardings, costs one
+# computation. Bounded: a session checks a handful of small models.
+_PER_CONTENT: dict[tuple, tuple[bool, tuple[float, float], list[tuple[int, int]]]] = {}
+_PER_CONTENT_MAX = 4096
+
+
+def _per_content(name: str, t: torch.Tensor, other: torch.Tensor | None,
+                 roles: Mapping[str, tuple]) -> tuple[bool, tuple[float, float], list[tuple[int, int]]]:
+    key = (name, roles.get(name), tuple(t.shape), _digest(t), _digest(other))
+    if key not in _PER_CONTENT:
+        drawn = is_random(t) and other is not None and is_random(other) and not bool(torch.isnan(t).any())
+        ks = ks_2samp(t, other) if drawn else (math.nan, math.nan)
+        if len(_PER_CONTENT) >= _PER_CONTENT_MAX:
+            _PER_CONTENT.clear()
+        _PER_CONTENT[key] = (drawn, ks, rank_deficient(name, t, roles) if drawn else [])
+    return _PER_CONTENT[key]
 
 
 def _report(recipe: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
@@ -308,7 +333,9 @@ def _rows(recipe: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
           one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor]) -> ShardReport:
     first = runs[sizes[0]][0].full
     roles = runs[sizes[0]][0].roles
-    per_content = _PerContent(roles, other_seed)
+    def per_content(n: str, t: torch.Tensor):
+        return _per_content(n, t, other_seed.get(n), roles)
+
     drawn = {(w, n): per_content(n, t)[0] for w in sizes for n, t in runs[w][0].full.items()}
     # Bonferroni over the report: KS once per drawn parameter content, correlations once per shard pair
     ks_alpha = KS_FAMILY_ALPHA / max(1, sum(drawn.values()))

@@ -122,8 +122,12 @@ class TransformerRecipe:
         return model
 
     def reference(self, generator: torch.Generator) -> nn.Module:
-        """The same strategy on one process, unsharded, drawn from ``generator``."""
+        """The same strategy on one process, unsharded, drawn from ``generator`` (the same for every sharding)."""
         return init.apply(Transformer.from_config(self.config), self.strategy, generator=generator)
+
+    def reference_key(self) -> tuple:
+        """What ``reference`` depends on: recipes with equal keys share their one-process models."""
+        return ("initcore.TransformerRecipe", self.config, self.strategy)
 
 
 @dataclass(frozen=True)

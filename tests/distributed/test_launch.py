@@ -138,3 +138,14 @@ def test_bad_input_names_what_is_valid(kwargs, match):
 def test_nccl_with_too_few_devices_says_how_many_there_are():
     with pytest.raises(ValueError, match=f"nccl with 64 ranks needs 64 CUDA devices; {torch.cuda.device_count()} are"):
         RankGroup(64, "nccl")
+
+
+def test_spawned_ranks_work_as_forked_ones():
+    # CUDA ranks are spawned (CUDA does not survive a fork): the same path, on the CPU, with one rank
+    # (a spawned rank imports torch anew, seconds of CPU)
+    g = RankGroup(1, start_method="spawn")
+    try:
+        assert g.run(dist.get_world_size, timeout_s=SLOW_S) == [1]
+        assert g.run(dist.get_backend, timeout_s=SLOW_S) == ["gloo"]
+    finally:
+        g.close()
