@@ -3,8 +3,19 @@
 ``table`` puts the CPU and CUDA medians of each case and pass side by side, with the speedup, the
 achieved GFLOP/s and its fraction of the device's measured matmul rate (both from each benchmark's
 ``extra_info``: ``flops`` and ``matmul_gflops``, written by ``bench/test_timing.py``). ``ratio`` divides
-each benchmark's median in a later run by the earlier one; ``check`` raises ``PerformanceRegression``
-past a threshold. pandas only: results are numbers, no torch needed.
+each benchmark's median in a later run by the earlier one and judges the change against the runs' own
+spread (``judge``); ``check`` raises ``PerformanceRegression`` only for a change beyond that noise AND past
+a threshold. pandas only: results are numbers, no torch needed.
+
+Noise. Two runs of the same code on a busy machine differ by x1.6-x2.5 at the median (issue 15): load
+slows some rounds of a run, not others. A change is within noise when the middle halves of the two runs'
+rounds overlap (the later run's first quartile is not above the earlier run's third quartile, for a
+slowdown): a quarter of the slower run's rounds were as fast as the faster run's typical round, so the code
+can still run that fast and the difference is the machine's. This uses the spread of the rounds themselves,
+not the standard error of the median, which shrinks with more rounds while a busy machine's drift between
+runs does not. Where a file lacks quartiles, median +- 0.6745 stddev stands in for them (a normal's
+quartiles); with neither, or with fewer than ``MIN_ROUNDS`` rounds, the noise is unknown and the threshold
+alone decides.
 """
 
 from __future__ import annotations
@@ -13,13 +24,22 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 DEVICES = ("cpu", "cuda")  # the table's device columns, in order (initcore.testing.devices.DEVICES)
-DEFAULT_THRESHOLD = 0.10  # a benchmark slower by more than 10% at the median is a regression
+DEFAULT_THRESHOLD = 0.10  # a benchmark slowed by more than 10% at the median, beyond noise, is a regression
+LINE_WIDTH = 120  # the command's output, as the project's code
+MIN_ROUNDS = 5  # fewer rounds give no quartiles worth the name: noise unknown
+Z_QUARTILE = 0.6744897501960817  # a normal's quartiles are its mean +- this many standard deviations
+
+# ratio()'s verdicts
+WITHIN_NOISE, SLOWER, FASTER, REGRESSION = "within noise", "slower", "faster", "REGRESSION"
+ONLY_BEFORE, ONLY_AFTER = "only before", "only after"
 
 Results = Mapping[str, object]
 
@@ -77,11 +97,16 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+RECORD_COLUMNS = ["name", "fullname", "case", "pass", "device", "median_ms", "flops", "gflops", "matmul_gflops",
+                  "q1_ms", "q3_ms", "stddev_ms", "rounds"]
+
+
 def records(results: Results | str | Path) -> pd.DataFrame:
-    """One row per benchmark: name, fullname, case, pass, device, median_ms, flops, gflops, matmul_gflops.
+    """One row per benchmark: ``RECORD_COLUMNS`` (the median, FLOPs and rates, the quartiles, stddev, rounds).
 
     Case, pass and device come from ``extra_info`` (``case``, ``pass``, ``device_type``); a benchmark
     without them is its own case (its group, else its name), pass "", device ``params['device']`` or cpu.
+    Spread statistics a file lacks are NaN.
     """
     rows = []
     for bench in _results(results)["benchmarks"]:
@@ -89,6 +114,7 @@ def records(results: Results | str | Path) -> pd.DataFrame:
         params = bench.get("params") or {}
         median = float(bench["stats"]["median"])
         flops = _number(info.get("flops"))
+        stats = bench["stats"]
         rows.append({
             "name": bench["name"],
             "fullname": bench.get("fullname") or bench["name"],
@@ -99,9 +125,12 @@ def records(results: Results | str | Path) -> pd.DataFrame:
             "flops": flops,
             "gflops": flops / median / 1e9,
             "matmul_gflops": _number(info.get("matmul_gflops")),
+            "q1_ms": _number(stats.get("q1")) * 1e3,
+            "q3_ms": _number(stats.get("q3")) * 1e3,
+            "stddev_ms": _number(stats.get("stddev")) * 1e3,
+            "rounds": _number(stats.get("rounds")),
         })
-    columns = ["name", "fullname", "case", "pass", "device", "median_ms", "flops", "gflops", "matmul_gflops"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
 def table(results: Results | str | Path) -> pd.DataFrame:
@@ -131,37 +160,89 @@ def table(results: Results | str | Path) -> pd.DataFrame:
     return out
 
 
+def _quartiles(recs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Each benchmark's first and third quartile in ms: its own, else median +- 0.6745 stddev; NaN with
+    fewer than MIN_ROUNDS rounds or no spread at all."""
+    half = Z_QUARTILE * recs["stddev_ms"]
+    q1 = recs["q1_ms"].where(recs["q1_ms"].notna(), recs["median_ms"] - half)
+    q3 = recs["q3_ms"].where(recs["q3_ms"].notna(), recs["median_ms"] + half)
+    enough = recs["rounds"] >= MIN_ROUNDS
+    return q1.where(enough), q3.where(enough)
+
+
 def ratio(a: Results | str | Path, b: Results | str | Path) -> pd.DataFrame:
-    """Each benchmark's median in ``b`` over its median in ``a`` (> 1: ``b`` is slower), matched by fullname.
+    """Each benchmark's median in ``b`` over its median in ``a`` (> 1: ``b`` is slower), matched by fullname,
+    with each run's quartiles (``a_q1_ms`` ... ``b_q3_ms``) and ``beyond_noise``: True when the middle halves
+    of the two runs' rounds do not overlap, False when they do, None when a run's spread is unknown.
 
     Benchmarks found in only one run are kept, with NaN on the other side and no ratio.
     """
-    ra, rb = records(a), records(b)
-    both = ra[["fullname", "name", "median_ms"]].merge(rb[["fullname", "name", "median_ms"]], on="fullname",
-                                                         how="outer", suffixes=("_a", "_b"))
-    out = pd.DataFrame({"a_ms": both["median_ms_a"].astype(float), "b_ms": both["median_ms_b"].astype(float)})
+    frames = []
+    for recs in (records(a), records(b)):
+        q1, q3 = _quartiles(recs)
+        frames.append(pd.DataFrame({"fullname": recs["fullname"], "name": recs["name"], "ms": recs["median_ms"],
+                                    "q1_ms": q1, "q3_ms": q3}))
+    both = frames[0].merge(frames[1], on="fullname", how="outer", suffixes=("_a", "_b"))
+    out = pd.DataFrame({"a_ms": both["ms_a"].astype(float), "b_ms": both["ms_b"].astype(float)})
     out["ratio"] = out["b_ms"] / out["a_ms"]
+    for run in ("a", "b"):
+        for q in ("q1", "q3"):
+            out[f"{run}_{q}_ms"] = both[f"{q}_ms_{run}"].astype(float)
+    # the slower run's first quartile above the faster run's third: the middle halves are apart
+    apart = np.where(out["b_ms"] > out["a_ms"], out["b_q1_ms"] > out["a_q3_ms"], out["a_q1_ms"] > out["b_q3_ms"])
+    known = (out[["a_q1_ms", "a_q3_ms", "b_q1_ms", "b_q3_ms"]].notna().all(axis=1) & out["ratio"].notna()).to_numpy()
+    out["beyond_noise"] = pd.Series([bool(x) if k else None for x, k in zip(apart, known, strict=True)],
+                                    index=out.index, dtype=object)
     out.index = pd.Index(both["name_a"].fillna(both["name_b"]).astype(object), name="name")
     return out.sort_index()
 
 
-def regressions(ratios: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
-    """The rows of ``ratio(...)`` whose median slowed by more than ``threshold`` (0.10: ratio > 1.10)."""
+def judge(ratios: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.Series:
+    """A verdict per row of ``ratio(...)``: "within noise"; "slower" or "faster" (beyond noise, and for
+    "slower" not past ``threshold``); "REGRESSION" (beyond noise, or noise unknown, and slower by more
+    than ``threshold``); "only before" or "only after" for a benchmark in one run alone. With noise unknown
+    and within the threshold: "slower", "faster" or "same" by the medians alone."""
+    _check_threshold(threshold)
+    verdicts = []
+    for r in ratios.itertuples():
+        if math.isnan(r.a_ms) or math.isnan(r.b_ms):
+            verdicts.append(ONLY_AFTER if math.isnan(r.a_ms) else ONLY_BEFORE)
+        elif r.beyond_noise is False:
+            verdicts.append(WITHIN_NOISE)
+        elif r.ratio > 1 + threshold:
+            verdicts.append(REGRESSION)
+        else:
+            verdicts.append(SLOWER if r.ratio > 1 else FASTER if r.ratio < 1 else "same")
+    return pd.Series(verdicts, index=ratios.index, name="verdict", dtype=object)
+
+
+def _check_threshold(threshold: float) -> None:
     if not threshold >= 0:
         raise ValueError(f"threshold must be a fraction >= 0 (0.10 for 10%), got {threshold!r}")
-    return ratios[ratios["ratio"] > 1 + threshold]
+
+
+def regressions(ratios: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """The rows of ``ratio(...)`` slower by more than ``threshold`` (0.10: ratio > 1.10) and beyond the runs'
+    noise (or with noise unknown)."""
+    return ratios[judge(ratios, threshold) == REGRESSION]
 
 
 def check(ratios: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> None:
-    """Raise ``PerformanceRegression`` if any benchmark slowed by more than ``threshold``."""
+    """Raise ``PerformanceRegression`` if any benchmark slowed by more than ``threshold``, beyond noise."""
     slow = regressions(ratios, threshold)
     if len(slow):
-        lines = [f"  {name}: {r.a_ms:.3f} ms -> {r.b_ms:.3f} ms (x{r.ratio:.2f})" for name, r in slow.iterrows()]
+        lines = [f"  {name}: {r.a_ms:.3f} ms -> {r.b_ms:.3f} ms (x{r.ratio:.2f}; middle half of the rounds "
+                 f"{_span(r.a_q1_ms, r.a_q3_ms)} -> {_span(r.b_q1_ms, r.b_q3_ms)} ms)" for name, r in slow.iterrows()]
         raise PerformanceRegression(
-            f"{len(slow)} benchmark(s) slowed by more than {threshold:.0%} at the median:\n" + "\n".join(lines)
-            + "\nRerun them on a quiet machine (pytest bench --benchmark-only -k 'NAME') to rule out noise,"
+            f"{len(slow)} benchmark(s) slowed by more than {threshold:.0%} at the median, beyond the runs' noise:\n"
+            + "\n".join(lines)
+            + "\nRerun them on a quiet machine (pytest bench --benchmark-only -k 'NAME') to rule out load,"
             " then look for the change that slowed them."
         )
+
+
+def _span(q1: float, q3: float) -> str:
+    return "?" if math.isnan(q1) or math.isnan(q3) else f"{q1:.3f}-{q3:.3f}"
 
 
 # --- printing and the command line ---------------------------------------------------------------
@@ -184,12 +265,18 @@ def format_table(frame: pd.DataFrame) -> str:
     return frame.to_string(formatters=fmts, header=headers, na_rep="-")
 
 
-def format_ratios(frame: pd.DataFrame) -> str:
-    """The ``ratio`` frame as text."""
+def format_ratios(frame: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> str:
+    """The ``ratio`` frame as text: medians, their ratio, each run's middle half of rounds, the verdict."""
     if frame.empty:
         return "no benchmarks"
-    fmts = {"a_ms": _fmt(".3f"), "b_ms": _fmt(".3f"), "ratio": _fmt(".3f")}
-    return frame.to_string(formatters=fmts, header=["before ms", "after ms", "after/before"], na_rep="-")
+    shown = pd.DataFrame({
+        "before ms": frame["a_ms"].map(_fmt(".3f")), "after ms": frame["b_ms"].map(_fmt(".3f")),
+        "after/before": frame["ratio"].map(_fmt(".3f")),
+        "before q1-q3": [_span(q1, q3) for q1, q3 in zip(frame["a_q1_ms"], frame["a_q3_ms"], strict=True)],
+        "after q1-q3": [_span(q1, q3) for q1, q3 in zip(frame["b_q1_ms"], frame["b_q3_ms"], strict=True)],
+        "verdict": judge(frame, threshold),
+    }, index=frame.index)
+    return shown.to_string()
 
 
 def _describe(path: str, data: Results) -> str:
@@ -242,19 +329,41 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(table(first)))
         return 0
     ratios = ratio(first, second)
-    print(f"before: {_describe(args.results, first)}")
-    print(f"after:  {_describe(args.other, second)}")
-    print(format_ratios(ratios))
+    print(_wrap(f"before: {_describe(args.results, first)}"))
+    print(_wrap(f"after:  {_describe(args.other, second)}"))
+    print(format_ratios(ratios, args.threshold))
     if ratios["ratio"].isna().all():
         print("initcore compare: error: no benchmark is in both files; nothing was compared", file=sys.stderr)
         return 2
+    print(_wrap(summary(ratios, args.threshold)))
     try:
         check(ratios, args.threshold)
     except PerformanceRegression as e:
-        print(f"REGRESSION: {e}")
+        print(_wrap(f"REGRESSION: {e}"))
         return 1
-    print(f"ok: no benchmark slowed by more than {args.threshold:.0%}")
     return 0
+
+
+def _wrap(text: str, width: int = LINE_WIDTH) -> str:
+    """Each line of ``text`` within ``width`` columns, continued with an indent."""
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="    ", break_long_words=False,
+                                   break_on_hyphens=False) for line in text.splitlines())
+
+
+def summary(ratios: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> str:
+    """One line: how many benchmarks got each verdict, and whether that is ok."""
+    counts = judge(ratios, threshold).value_counts()
+    order = (REGRESSION, SLOWER, FASTER, WITHIN_NOISE, "same", ONLY_BEFORE, ONLY_AFTER)
+    parts = ", ".join(f"{counts[v]} {v}" for v in order if v in counts)
+    head = "not ok" if REGRESSION in counts else "ok"
+    line = (f"{head}: {parts} (a regression: slower by more than {threshold:.0%} at the median and beyond noise, "
+            "the middle halves of the two runs' rounds apart)")
+    if FASTER in counts and (REGRESSION in counts or SLOWER in counts):
+        # A busy machine can slow a whole run of one benchmark (every round), which no spread within the run
+        # shows; two such runs then disagree both ways, where a change of code mostly moves one way.
+        line += ("\nnote: benchmarks moved both ways beyond noise; unless the code changed so, load on the machine "
+                 "did: rerun both on a quiet machine before trusting either direction")
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""compare: the CPU-vs-CUDA table, run-to-run ratios and the command's exit statuses, on hand-written
-results shaped like pytest-benchmark 5's ``--benchmark-json`` output (every number chosen by hand)."""
+"""compare: the CPU-vs-CUDA table, run-to-run ratios judged against the runs' noise, and the command's exit
+statuses, on hand-written results shaped like pytest-benchmark 5's ``--benchmark-json`` output (every number
+chosen by hand)."""
 
 from __future__ import annotations
 
@@ -179,7 +180,7 @@ def test_command_with_two_files_exits_1_past_the_threshold(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1.150" in out and "REGRESSION" in out
     assert compare.main([before, after, "--threshold", "0.2"]) == 0
-    assert "ok: no benchmark slowed by more than 20%" in capsys.readouterr().out
+    assert "ok: 1 slower, 1 same (a regression: slower by more than 20%" in capsys.readouterr().out
     assert compare.main([before, before]) == 0
 
 
@@ -225,3 +226,103 @@ def test_records_are_a_tidy_frame():
     assert isinstance(recs, pd.DataFrame) and len(recs) == 3
     assert list(recs["device"]) == ["cpu", "cuda", "cpu"]
     assert recs["median_ms"].tolist() == pytest.approx([4.0, 1.0, 10.0])
+
+
+# --- noise: a change is judged against the spread of the runs' own rounds -----------------------------------
+
+
+def _timed(name: str, median_ms: float, q1_ms: float | None, q3_ms: float | None, rounds: int = 20,
+           stddev_ms: float | None = None) -> dict:
+    """A benchmark with the spread given (quartiles left out where None, as older files may)."""
+    bench = _bench(name, "forward", "cpu", median_ms / 1e3)
+    stats = bench["stats"]
+    stats.update(rounds=rounds, stddev=(stddev_ms or 0.0) / 1e3)
+    for key, value in (("q1", q1_ms), ("q3", q3_ms)):
+        if value is None:
+            del stats[key]
+        else:
+            stats[key] = value / 1e3
+    stats.pop("iqr")
+    return bench
+
+
+def _pair(before: dict, after: dict) -> pd.DataFrame:
+    return compare.ratio(_results(before), _results(after))
+
+
+def test_a_busy_machine_is_within_noise():
+    """Issue 15's case: the same code twice on a busy machine, x2 at the median, but a quarter of the slower
+    run's rounds (its first quartile, 1.2 ms) as fast as the earlier run's third quartile (1.6 ms)."""
+    r = _pair(_timed("c", 1.0, 0.9, 1.6), _timed("c", 2.0, 1.2, 3.0))
+    assert r["ratio"].iloc[0] == pytest.approx(2.0)
+    assert r["beyond_noise"].iloc[0] is False
+    assert list(compare.judge(r)) == [compare.WITHIN_NOISE]
+    compare.check(r)  # no regression
+    assert compare.regressions(r).empty
+
+
+def test_a_real_slowdown_is_a_regression():
+    r = _pair(_timed("c", 1.0, 0.98, 1.03), _timed("c", 1.5, 1.47, 1.55))  # middle halves apart
+    assert r["beyond_noise"].iloc[0] is True
+    assert list(compare.judge(r)) == [compare.REGRESSION]
+    with pytest.raises(PerformanceRegression, match=r"beyond the runs' noise") as e:
+        compare.check(r)
+    assert "middle half of the rounds 0.980-1.030 -> 1.470-1.550 ms" in str(e.value)
+
+
+def test_beyond_noise_but_within_the_threshold_is_only_slower():
+    r = _pair(_timed("c", 1.0, 0.99, 1.01), _timed("c", 1.05, 1.04, 1.06))
+    assert r["beyond_noise"].iloc[0] is True
+    assert list(compare.judge(r, 0.10)) == [compare.SLOWER]
+    assert list(compare.judge(r, 0.04)) == [compare.REGRESSION]
+
+
+def test_faster_beyond_noise_and_touching_quartiles():
+    r = _pair(_timed("c", 2.0, 1.9, 2.1), _timed("c", 1.0, 0.9, 1.1))
+    assert list(compare.judge(r)) == [compare.FASTER]
+    touching = _pair(_timed("c", 1.0, 0.9, 1.2), _timed("c", 1.3, 1.2, 1.4))  # q1 after == q3 before: overlap
+    assert list(compare.judge(touching)) == [compare.WITHIN_NOISE]
+
+
+def test_stddev_stands_in_for_missing_quartiles():
+    # 1.0 +- 0.6745 * 0.01 against 1.5 +- 0.6745 * 0.01: apart; with stddev 0.8 (+-0.54) they overlap
+    tight = _pair(_timed("c", 1.0, None, None, stddev_ms=0.01), _timed("c", 1.5, None, None, stddev_ms=0.01))
+    assert list(compare.judge(tight)) == [compare.REGRESSION]
+    assert tight["a_q3_ms"].iloc[0] == pytest.approx(1.0 + 0.6744897501960817 * 0.01)
+    wide = _pair(_timed("c", 1.0, None, None, stddev_ms=0.8), _timed("c", 1.5, None, None, stddev_ms=0.8))
+    assert list(compare.judge(wide)) == [compare.WITHIN_NOISE]
+
+
+def test_too_few_rounds_leave_the_threshold_alone_to_decide():
+    r = _pair(_timed("c", 1.0, 0.5, 2.0, rounds=compare.MIN_ROUNDS - 1), _timed("c", 1.5, 1.0, 3.0))
+    assert r["beyond_noise"].iloc[0] is None  # unknown: the earlier run's quartiles of 4 rounds mean little
+    assert list(compare.judge(r)) == [compare.REGRESSION]
+    assert list(compare.judge(r, 0.6)) == [compare.SLOWER]
+
+
+def test_command_says_within_noise_and_exits_0(tmp_path, capsys):
+    before = _write(tmp_path, "a.json", _results(_timed("busy", 1.0, 0.9, 1.6), _timed("real", 1.0, 0.98, 1.03),
+                                                 _timed("small", 1.0, 0.99, 1.01)))
+    after = _write(tmp_path, "b.json", _results(_timed("busy", 2.0, 1.2, 3.0), _timed("real", 1.5, 1.47, 1.55),
+                                                _timed("small", 1.05, 1.04, 1.06)))
+    assert compare.main([before, after]) == 1
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("test_")}
+    assert lines["test_forward[busy-cpu]"].endswith("within noise") and "0.900-1.600" in lines["test_forward[busy-cpu]"]
+    assert lines["test_forward[real-cpu]"].endswith("REGRESSION")
+    assert lines["test_forward[small-cpu]"].endswith("slower")
+    assert "not ok: 1 REGRESSION, 1 slower, 1 within noise" in out
+    assert max(map(len, out.splitlines())) <= 120
+    same_code = _write(tmp_path, "c.json", _results(_timed("busy", 2.5, 1.5, 3.2)))
+    assert compare.main([_write(tmp_path, "d.json", _results(_timed("busy", 1.0, 0.9, 1.6))), same_code]) == 0
+    assert "ok: 1 within noise" in capsys.readouterr().out
+
+
+def test_moves_both_ways_beyond_noise_warn_of_load():
+    """Two runs of the same code on this 2-core machine under load (issue 15's case, measured again here):
+    a whole run of one benchmark slowed, another sped up, each with tight rounds. The summary says so."""
+    r = compare.ratio(_results(_timed("a", 1.0, 0.98, 1.03), _timed("b", 1.0, 0.98, 1.03)),
+                      _results(_timed("a", 1.5, 1.47, 1.55), _timed("b", 0.5, 0.48, 0.52)))
+    assert "note: benchmarks moved both ways beyond noise" in compare.summary(r)
+    one_way = compare.ratio(_results(_timed("a", 1.0, 0.98, 1.03)), _results(_timed("a", 1.5, 1.47, 1.55)))
+    assert "note:" not in compare.summary(one_way)
