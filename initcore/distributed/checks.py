@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from initcore.distributed import launch
-from initcore.distributed.gather import RankResult, Recipe, assemble, run_recipe
+from initcore.distributed.gather import RankResult, Recipe, Region, Scattered, assemble, run_recipe
 from initcore.models.roles import RoledParam
 
 # Family-wise false-alarm rates, split over the tests of one report by Bonferroni: with ~100 KS tests and
@@ -100,11 +100,10 @@ def is_random(t: torch.Tensor) -> bool:
     return flat.numel() > 1 and bool((flat != flat[0]).any())
 
 
-Region = tuple[tuple[int, ...], tuple[int, ...]]  # (offset, shape) in the full tensor
-
-
 def cut(full: torch.Tensor, region: Region) -> torch.Tensor:
-    """The piece of ``full`` at ``region``."""
+    """The piece of ``full`` at ``region``: a box ``(offset, shape)``, or ``Scattered`` flat indices."""
+    if isinstance(region, Scattered):
+        return full.reshape(-1)[region.flat.reshape(-1)].reshape(region.flat.shape)
     offset, shape = region
     return full[tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))]
 
@@ -337,7 +336,8 @@ def _rows(recipe: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
         return _per_content(n, t, other_seed.get(n), roles)
 
     drawn = {(w, n): per_content(n, t)[0] for w in sizes for n, t in runs[w][0].full.items()}
-    # Bonferroni over the report: KS once per drawn parameter content, correlations once per shard pair
+    # Bonferroni over the report: one KS test per drawn parameter and world size (conservative where the
+    # contents repeat, as they do when the init is right), one correlation per pair of distinct shards
     ks_alpha = KS_FAMILY_ALPHA / max(1, sum(drawn.values()))
     pair_tests = 0
     for w in sizes:

@@ -33,7 +33,7 @@ class RankResult:
     rank: int
     world_size: int
     layouts: dict[str, str]  # name -> placements over the mesh, "local" for a plain tensor
-    regions: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # name -> (offset, shape) of this rank's piece
+    regions: dict[str, Region]  # name -> where this rank's piece lies in the full tensor
     shapes: dict[str, tuple[int, ...]]  # name -> the full tensor's shape
     nan: list[str]  # names whose local piece holds a NaN after init
     digests: dict[str, str]  # name -> sha1 of the local piece's bytes
@@ -84,13 +84,39 @@ def poisoned_to_empty() -> Iterator[list[int]]:
         nn.Module.to_empty = original
 
 
-def _region(t: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+@dataclass(frozen=True, eq=False)
+class Scattered:
+    """Where a piece that is not one box of the full tensor lies (``_StridedShard``, FSDP over a
+    tensor-parallel dimension): the flat index in the full tensor of each of its elements."""
+
+    flat: torch.Tensor  # int64, in the piece's shape
+    key: str  # sha1 of ``flat``: pieces at the same place compare equal
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Scattered) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+Region = tuple[tuple[int, ...], tuple[int, ...]] | Scattered  # (offset, shape) of a box, or Scattered
+
+
+def _region(t: torch.Tensor) -> Region:
     if not is_dtensor(t):
         return (0,) * t.dim(), tuple(t.shape)
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    if _contiguous_region(t):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
-    return tuple(int(o) for o in offset), tuple(int(s) for s in shape)
+        shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+        return tuple(int(o) for o in offset), tuple(int(s) for s in shape)
+    from torch.distributed.tensor import distribute_tensor
+
+    # the same placements applied to the indices of the full tensor: this rank's piece of them says where
+    # its piece of ``t`` lies (cut locally, src_data_rank=None: no communication)
+    index = torch.arange(t.numel(), device=t.to_local().device).view(t.shape)
+    flat = distribute_tensor(index, t.device_mesh, t.placements, src_data_rank=None).to_local().cpu()
+    return Scattered(flat, hashlib.sha1(flat.numpy().tobytes()).hexdigest())
 
 
 def _digest(t: torch.Tensor) -> str:

@@ -14,7 +14,6 @@ draws the same numbers into its own shard.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +54,10 @@ def shard(model: Transformer, mesh, parallel: str, embedding: str = "sharded") -
     ``fsdp``: ``fully_shard`` on each block, then on the root (embedding and final norm); a replicated
     embedding and scalar parameters (ReZero's gates) are left out of sharding (``ignored_params``).
     ``tp``: the plan of ``tp_plan`` in every block, the embedding row-wise (vocabulary rows over the
-    ranks) or replicated, norms replicated; each block's attention then runs its local heads
-    (n_heads / world size, when that divides).
+    ranks) or replicated, norms replicated. This is the layout of the parameters, for init and its
+    checks; a forward pass of the tensor-parallel model would also need the attention to reshape to
+    its local width (``MultiHeadAttention`` takes the width from its input), so the probe traces the
+    gathered model.
     """
     _choice("parallel", parallel, PARALLELS)
     _choice("embedding", embedding, EMBEDDINGS)
@@ -76,8 +77,6 @@ def shard(model: Transformer, mesh, parallel: str, embedding: str = "sharded") -
 
     for block in model.blocks:
         parallelize_module(block, mesh, tp_plan(model))
-        if block.attn.n_heads % mesh.size() == 0:
-            block.attn.n_heads //= mesh.size()  # the local heads of the column-sharded q, k, v
     if embedding == "sharded":
         parallelize_module(model, mesh, {"embed": RowwiseParallel(input_layouts=Replicate())})
     return model
@@ -166,8 +165,3 @@ class NaiveRecipe(TransformerRecipe):
                 else:
                     nn.init.xavier_uniform_(p.param)
         return model
-
-
-def local_heads_ok(config: TransformerConfig, world_size: int) -> bool:
-    """Whether a tensor-parallel forward can run: each rank must hold whole heads."""
-    return config.n_heads % world_size == 0 and math.gcd(config.d_model, world_size) == world_size

@@ -26,7 +26,7 @@ from initcore.distributed import (
 )
 from initcore.distributed.checks import kolmogorov_sf
 from initcore.distributed.recipes import meta_transformer, shard
-from initcore.models import TransformerConfig
+from initcore.models import Transformer, TransformerConfig
 
 TINY = TransformerConfig(vocab_size=256, d_model=64, n_heads=4, d_ff=128, n_layers=2)
 SLOW_S = 120.0
@@ -205,6 +205,48 @@ def test_a_users_recipe_that_forgets_a_buffer_fails_the_initialized_check():
     assert list(forgot.failed("initialized")["name"]) == ["scale"]
     fixed = check(buffer_recomputed_recipe, (2,), timeout_s=SLOW_S)
     assert fixed.ok, "\n".join(fixed.failures)
+
+
+def two_d_recipe(mesh, generator: torch.Generator, naive: bool = False) -> nn.Module:
+    """A trainer's 2-D layout on 4 ranks: tensor parallel within pairs, FSDP2 across them. FSDP over a
+    column-sharded weight shards it again along dim 0, interleaved (``_StridedShard``)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from initcore.distributed.recipes import tp_plan
+
+    mesh_2d = init_device_mesh("cpu", (2, mesh.size() // 2), mesh_dim_names=("dp", "tp"))
+    model = meta_transformer(TINY)
+    for block in model.blocks:
+        parallelize_module(block, mesh_2d["tp"], tp_plan(model))
+        fully_shard(block, mesh=mesh_2d["dp"])
+    fully_shard(model, mesh=mesh_2d["dp"])
+    model.to_empty(device="cpu")
+    if not naive:
+        return init.apply(model, "gpt2", generator=generator)
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    with torch.no_grad():
+        for p in model.parameters():
+            nn.init.normal_(p, 0.0, 0.02) if p.dim() == 2 else nn.init.zeros_(p)
+    return model
+
+
+def naive_two_d_recipe(mesh, generator: torch.Generator) -> nn.Module:
+    return two_d_recipe(mesh, generator, naive=True)
+
+
+def tiny_gpt2(generator: torch.Generator) -> nn.Module:
+    return init.apply(Transformer.from_config(TINY), "gpt2", generator=generator)
+
+
+def test_a_two_dimensional_fsdp_and_tp_recipe_is_checked_through_its_interleaved_shards():
+    report = check(two_d_recipe, (4,), reference=tiny_gpt2, timeout_s=SLOW_S)
+    assert report.ok, "\n".join(report.failures)
+    q = report.table.set_index("name").loc["blocks.0.attn.q.weight"]
+    assert q["layout"].startswith("_S(0, 2), S(0)") and q["independent"]  # 4 interleaved pieces compared
+    naive = check(naive_two_d_recipe, (4,), reference=tiny_gpt2, timeout_s=SLOW_S)
+    assert "blocks.0.attn.q.weight" in set(naive.failed("independent")["name"])
 
 
 def raises_on_rank_1(mesh, generator: torch.Generator) -> nn.Module:
