@@ -199,6 +199,42 @@ def strategy_of(args: argparse.Namespace) -> str | None:
     return args.init or (None if model_kind(args) == "user" else DEFAULT_INIT)
 
 
+def add_probe_options(parser: argparse.ArgumentParser, what: str = "trace") -> None:
+    """How the model is traced: ``--loss`` and ``--select`` (``trace``, ``diagnose``)."""
+    from initcore import probe
+
+    p = parser.add_argument_group("tracing")
+    p.add_argument("--loss", choices=probe.LOSSES, default=None,
+                   help="mean (the notebook's), square, or random (a fixed random projection); default: mean "
+                        "for an mlp, random for the rest, whose final norm may leave mean and square flat")
+    p.add_argument("--select", type=selection, default=None, metavar="WHICH",
+                   help=f"which modules {what} rows are: {', '.join(probe.SELECTIONS)}, or module name patterns "
+                        "separated by commas (fnmatch: 'blocks.*.attn'); default: what the model declares, else "
+                        "every module owning parameters and every activation")
+
+
+def selection(text: str) -> str | list[str]:
+    """``--select``: a selection's name, one name pattern, or several separated by commas."""
+    patterns = [p for p in text.replace(" ", "").split(",") if p]
+    if not patterns:
+        raise argparse.ArgumentTypeError(f"must be a selection or module name patterns, got {text!r}")
+    return patterns[0] if len(patterns) == 1 else patterns
+
+
+def trace_model(args: argparse.Namespace, model: torch.nn.Module, inputs) -> tuple[pd.DataFrame, str]:
+    """``initcore.probe.trace`` of ``model`` as ``--loss`` and ``--select`` say; the frame and the loss used."""
+    from initcore import probe
+
+    loss = default_loss(args)
+    if args.select is not None:
+        try:
+            probe.points(model, args.select)  # matches something: checked before the pass, named in the error
+        except ValueError as e:
+            raise ValueError(f"--select {args.select if isinstance(args.select, str) else ','.join(args.select)}: "
+                             f"{e}") from None
+    return probe.trace(model, inputs, loss=loss, select=args.select), loss
+
+
 def model_kind(args: argparse.Namespace) -> str:
     """"mlp", "transformer" (either built-in one) or "user" (``package.module:factory``)."""
     if _factory.is_reference(args.model):
@@ -216,8 +252,9 @@ def check_model_options(args: argparse.Namespace) -> None:
             raise ValueError("--vocab needs --input-shape (the token ids' shape, batch first, e.g. 8,32)")
         return
     option = foreign[0]
-    owners = [k for k, opts in _SPECIFIC.items() if option in opts]
-    owner = {"mlp": "an mlp", "transformer": "the built-in transformers", "user": "a model of yours"}[owners[0]]
+    owners = tuple(k for k, opts in _SPECIFIC.items() if option in opts)
+    owner = {("mlp",): "an mlp", ("transformer",): "the built-in transformers", ("user",): "a model of yours",
+             ("mlp", "transformer"): "the built-in models"}[owners]
     mine = {"mlp": "an mlp's options: " + ", ".join(MLP_OPTIONS),
             "transformer": "a transformer's options: " + ", ".join(TRANSFORMER_OPTIONS),
             "user": "a model of yours takes its inputs from the factory or from --input-shape (batch first) "
@@ -289,24 +326,34 @@ def _fill_biases(model: torch.nn.Module, value: float) -> None:
                 p.param.fill_(value)
 
 
+def check_input_memory(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """Raise ValueError unless the inputs of ``--input-shape`` and the model's gradients fit in the memory
+    available (its weights are there already; its activations are unknown until it runs)."""
+    available, where = _available(args.device)
+    if available is None:
+        return
+    numel = math.prod(args.input_shape)
+    element = 8 if args.vocab else 4  # int64 token ids, float32 values
+    grads = 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if element * numel + grads > available:
+        raise ValueError(f"--input-shape {','.join(map(str, args.input_shape))}: {numel} inputs of {element} bytes "
+                         f"and the model's gradients ({_memory.size(grads)}) would need about "
+                         f"{_memory.size(element * numel + grads)}, more than the {_memory.size(available)} of "
+                         f"{where} available; give a smaller shape (batch first)")
+
+
 def _user_model(args: argparse.Namespace, gen: torch.Generator) -> tuple[torch.nn.Module, object]:
     built = _factory.build(args.model, args.seed)
     model, inputs = built
-    if inputs is not None and given(args) & {"--input-shape", "--vocab"}:
-        raise ValueError(f"--input-shape, --vocab: the factory of --model {args.model} returned its own inputs; "
-                         "give one or the other, not both")
+    both = sorted(given(args) & {"--input-shape", "--vocab"})
+    if inputs is not None and both:
+        raise ValueError(f"{', '.join(both)}: the factory of --model {args.model} returned its own inputs; give "
+                         "one or the other, not both")
     if inputs is None:
         if args.input_shape is None:
             raise ValueError(f"--model {args.model} returned a model without inputs: give --input-shape (batch "
                              "first; with --vocab N for token ids), or return (model, inputs) from the factory")
-        numel = math.prod(args.input_shape)
-        element = 8 if args.vocab else 4  # int64 token ids, float32 values
-        grads = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        available, where = _available(args.device)
-        _memory.check_fits(f"{args.model} on inputs {'x'.join(map(str, args.input_shape))}",
-                           {"--input-shape": numel},
-                           lambda input_shape: _memory.Estimate(0, 4 * grads, element * input_shape),
-                           [], available, where)
+        check_input_memory(args, model)
         inputs = (torch.randint(0, args.vocab, args.input_shape, generator=gen) if args.vocab
                   else torch.randn(args.input_shape, generator=gen))
     if args.init is not None:

@@ -68,8 +68,8 @@ def resolve(reference: str) -> Callable:
                              f"{part!r}; its callables: {shown or 'none'}")
         target = getattr(target, part)
     if not callable(target):
-        raise ValueError(f"--model {reference}: {attribute} is a {type(target).__name__}, not a callable "
-                         "that returns a model")
+        raise ValueError(f"--model {reference}: {attribute} is not callable (type {type(target).__name__}); give "
+                         "a callable that returns a model")
     return target
 
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from initcore import probe
-from initcore.cli._common import add_model_options, build_model_and_inputs, comment, default_loss, describe
+from initcore.cli._common import (
+    add_model_options,
+    add_probe_options,
+    build_model_and_inputs,
+    comment,
+    describe,
+    trace_model,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,8 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog="Exit status: 0 whether or not symptoms are found (a diagnosis is a report, not a test; use "
                "--format json to act on it), 2 on bad input.")
     add_model_options(p)
-    p.add_argument("--loss", choices=probe.LOSSES, default=None,
-                   help="as for trace; default: mean for an mlp, random for transformers")
+    add_probe_options(p, "diagnosed")
     p.add_argument("--fixes", type=int, default=2, metavar="N", help="fixes shown per symptom (default 2)")
     p.add_argument("--health", action="store_true",
                    help="also print the notebook's per-layer health report (mean, std, range, issues) of every "
@@ -35,14 +40,13 @@ def run(args: argparse.Namespace) -> int:
     if args.fixes < 0:
         raise ValueError(f"--fixes must be >= 0, got {args.fixes}")
     model, inputs = build_model_and_inputs(args)
-    loss = default_loss(args)
-    frame = probe.trace(model, inputs, loss=loss)
+    frame, loss = trace_model(args, model, inputs)
     findings = diagnose.diagnose(frame)
     if args.format == "json":
         sys.stdout.write(findings.to_json(orient="records", double_precision=10) + "\n")
         return 0
     sys.stdout.write(comment(f"{describe(args, model, inputs)}, loss {loss}"))
-    sys.stdout.write(diagnose.format_findings(findings, n_fixes=args.fixes))
+    sys.stdout.write(diagnose.format_findings(findings, n_fixes=args.fixes).rstrip("\n") + "\n")
     if args.health:
         from initcore import health
 

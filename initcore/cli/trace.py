@@ -8,12 +8,13 @@ import sys
 from initcore import init, probe
 from initcore.cli._common import (
     add_model_options,
+    add_probe_options,
     build_model_and_inputs,
     comment,
-    default_loss,
     describe,
     print_frame,
     strategy_of,
+    trace_model,
 )
 
 
@@ -22,9 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description="Trace one forward and backward pass of a freshly initialized model "
                                           "and print per-layer statistics (see initcore.probe.STATISTICS).")
     add_model_options(p)
-    p.add_argument("--loss", choices=probe.LOSSES, default=None,
-                   help="mean (the notebook's), square, or random (a fixed random projection); default: mean "
-                        "for an mlp, random for transformers, whose final norm leaves mean and square flat")
+    add_probe_options(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="default: table")
     p.add_argument("--theory", action="store_true",
                    help="mlp: add mean-field predictions (preact_std_theory, ...) beside the measured columns")
@@ -38,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.theory:  # before the trace, so that a strategy theory does not know fails at once
         gain = init.activation_gain(model) if args.gain == "auto" else args.gain
         predicted = probe.mlp_theory(model, strategy_of(args), gain=gain, bias=args.bias or 0.0)
-    loss = default_loss(args)
-    frame = probe.trace(model, inputs, loss=loss)
+    frame, loss = trace_model(args, model, inputs)
     if args.theory:
         frame = probe.with_theory(frame, predicted)
     if args.format == "table":
