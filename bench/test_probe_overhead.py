@@ -1,15 +1,18 @@
 """What tracing costs: ``probe.trace`` against a bare forward and backward of the same model, and the notebook's way.
 
 The model is the notebook's depth experiment (``experiments.DEPTH_MLP`` with Xavier uniform: a 10-layer,
-512-wide tanh MLP at batch 64). Four contenders share one group in pytest-benchmark's table:
+512-wide tanh MLP at batch 64). Five contenders share one group in pytest-benchmark's table:
 
 - ``bare``: zero the grads, forward, ``mean()``, backward: the floor;
 - ``hooks``: bare with the hooks trace registers (a forward hook per activation module that hooks its
-  output's gradient, a post-accumulate-grad hook per weight), all doing nothing: what hooking costs
-  before any statistic is taken;
-- ``trace``: ``initcore.probe.trace``, statistics inside hooks, one host copy (target: <= 1.10 x bare on CPU);
+  output's gradient, one per Linear for the pre-activation, a post-accumulate-grad hook per weight, the
+  attention watch around the forward), all doing nothing: what hooking costs before any statistic;
+- ``trace``: ``initcore.probe.trace``, every statistic, the generic probe (any model) on the MLP's
+  declared rows, one host copy;
+- ``lean``: ``probe.trace(..., statistics="lean")``: each output's mean, std and rms and nothing of the
+  backward pass (which still runs): the documented cheap selection (target: <= 1.10 x bare on CPU);
 - ``notebook``: ``analyze_initialization_impact``'s loop, which clones every activation and calls
-  ``.item()`` per number (1.28 x bare measured on a 2-core machine).
+  ``.item()`` per number.
 
 Each of the last three also gets its time over bare into ``extra_info["ratio_to_bare"]``, printed too:
 the median over PAIRS rounds of (contender / bare) timed back to back, so load on a shared machine hits
@@ -30,12 +33,13 @@ import torch
 
 from initcore import probe
 from initcore.experiments import DEPTH_INITS, DEPTH_MLP, MLPRun
+from initcore.probe.attention import SDPAWatch
 from initcore.timing import synchronize
 
 RUN = MLPRun(DEPTH_MLP, DEPTH_INITS["xavier"], batch=64)  # MLP 512 -> 512 x 10, tanh, Xavier uniform
 ROUNDS, WARMUP = 20, 3
 PAIRS = 80  # ~3 s a contender on a CPU; see the module docstring
-CONTENDERS = ("bare", "hooks", "trace", "notebook")
+CONTENDERS = ("bare", "hooks", "trace", "lean", "notebook")
 
 
 def bare(model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -53,10 +57,16 @@ def _hook_output(module, args, output) -> None:
 
 def hooks(model: torch.nn.Module, x: torch.Tensor) -> None:
     """bare, under the hooks ``probe.trace`` registers on an MLP, registered and removed as it does."""
-    handles = [act.register_forward_hook(_hook_output) for act in model.acts]
+    last = len(model.layers) - 1
+    outputs = [*model.acts[:last], model.layers[last]]  # the last layer's row is its Linear's own output
+    handles = [m.register_forward_hook(_hook_output) for m in outputs]
+    handles += [layer.register_forward_hook(_nothing) for layer in model.layers[:last]]  # pre-activations
     handles += [layer.weight.register_post_accumulate_grad_hook(_nothing) for layer in model.layers]
     try:
-        bare(model, x)
+        model.zero_grad(set_to_none=True)
+        with SDPAWatch(set(), _nothing):
+            out = model(x)
+        out.mean().backward()
     finally:
         for handle in handles:
             handle.remove()
@@ -64,6 +74,10 @@ def hooks(model: torch.nn.Module, x: torch.Tensor) -> None:
 
 def traced(model: torch.nn.Module, x: torch.Tensor) -> pd.DataFrame:
     return probe.trace(model, x)
+
+
+def lean(model: torch.nn.Module, x: torch.Tensor) -> pd.DataFrame:
+    return probe.trace(model, x, statistics="lean")
 
 
 def notebook(model: torch.nn.Module, x: torch.Tensor) -> list[dict[str, float]]:
@@ -88,7 +102,7 @@ def notebook(model: torch.nn.Module, x: torch.Tensor) -> list[dict[str, float]]:
     return stats
 
 
-FUNCTIONS = {"bare": bare, "hooks": hooks, "trace": traced, "notebook": notebook}
+FUNCTIONS = {"bare": bare, "hooks": hooks, "trace": traced, "lean": lean, "notebook": notebook}
 
 
 @pytest.fixture
@@ -151,6 +165,9 @@ def test_contenders_measure_the_same_pass(device: str, model_and_input) -> None:
     for ours, theirs in pairs.items():
         torch.testing.assert_close(torch.tensor(frame[ours].to_numpy()), torch.tensor(reference[theirs].to_numpy()),
                                    rtol=1e-4, atol=1e-7, msg=f"{ours} differs from the notebook's {theirs}")
+    cheap = lean(model, x)  # the same outputs' moments, nothing else
+    pd.testing.assert_frame_equal(cheap[["module", "act_mean", "act_std"]], frame[["module", "act_mean", "act_std"]])
+    assert cheap.drop(columns=["module", "kind", "layer", "act_mean", "act_std", "act_rms"]).isna().all().all()
 
 
 def test_hooks_contender_runs_every_hook_trace_would(device: str, model_and_input, monkeypatch) -> None:
@@ -160,6 +177,7 @@ def test_hooks_contender_runs_every_hook_trace_would(device: str, model_and_inpu
     monkeypatch.setitem(globals(), "_nothing", lambda *args: calls.append(len(args)))
     hooks(model, x)
     depth = RUN.model.depth
-    assert len(calls) == 2 * depth  # one output-gradient hook and one weight hook per layer
-    assert not any(act._forward_hooks for act in model.acts)
+    # per layer: an output-gradient hook and a weight hook; per hidden layer a pre-activation hook
+    assert len(calls) == 3 * depth - 1
+    assert not any(m._forward_hooks for m in [*model.acts, *model.layers])
     assert all(layer.weight.grad is not None for layer in model.layers)
