@@ -95,6 +95,12 @@ class MLPRun:
                 amplification *= math.sqrt(max(1.0, q[layer] * slope / second))
         return amplification
 
+    def flops(self):
+        """``timing.PassFlops`` of one forward and one backward pass."""
+        from initcore import timing  # timing builds its cases from these runs
+
+        return timing.mlp_flops(self.model, self.batch)
+
     @property
     def key(self) -> str:
         m = self.model
@@ -133,6 +139,12 @@ class TransformerRun:
     select = None  # the model's declared rows: blocks.i.attn, blocks.i.ffn, blocks.i
     train = False
     statistics = {**TRANSFORMER_STATISTICS, "param": PARAM_STATISTICS}
+
+    def flops(self):
+        """``timing.PassFlops`` of one forward and one backward pass."""
+        from initcore import timing  # timing builds its cases from these runs
+
+        return timing.transformer_flops(self.model, self.batch, self.seq_len)
 
     def rounding_amplification(self) -> float:
         """1: a normalized residual stack does not amplify rounding (measured: float32 and float64 agree

@@ -99,12 +99,12 @@ def transformer_flops(cfg: TransformerConfig, batch: int, seq: int) -> PassFlops
 
 
 def run_flops(run: MLPRun | TransformerRun) -> PassFlops:
-    """FLOPs of one pass of an experiment run (``initcore.experiments``)."""
-    if isinstance(run, MLPRun):
-        return mlp_flops(run.model, run.batch)
-    if isinstance(run, TransformerRun):
-        return transformer_flops(run.model, run.batch, run.seq_len)
-    raise TypeError(f"run_flops takes an MLPRun or a TransformerRun, got {type(run).__name__}")
+    """FLOPs of one pass of an experiment run (``initcore.experiments``): the run's own ``flops()``."""
+    flops = getattr(run, "flops", None)
+    if not callable(flops):
+        raise TypeError(f"run_flops takes a run that counts its FLOPs (MLPRun, TransformerRun), "
+                        f"got {type(run).__name__}")
+    return flops()
 
 
 # --- timing --------------------------------------------------------------------------------------
