@@ -11,10 +11,13 @@ from initcore.init.strategies import (
     describe,
     get,
     names,
+    promise,
     register,
 )
+from initcore.init.targets import Site, Target
 
 __all__ = [
-    "RESIDUAL_OUT", "Context", "Strategy", "activation_gain", "apply", "describe", "get", "names", "register",
+    "RESIDUAL_OUT", "Context", "Site", "Strategy", "Target", "activation_gain", "apply", "describe", "get", "names",
+    "promise", "register",
     "kaiming_normal_gain_", "kaiming_uniform_gain_", "lecun_normal_", "trunc_normal_sigma_",
 ]

@@ -4,6 +4,10 @@ A strategy is a function ``rule(w, p, ctx)`` that fills one weight matrix ``w`` 
 parameter's role (``p.role``) and the model's context (``ctx``). Biases, norms and gates share one
 default (zero, one, zero) unless a strategy says otherwise. Packed weights (``nn.MultiheadAttention``'s
 in_proj) are handed to the rule one (E, E) chunk at a time, so fans are those of each projection.
+
+Beside its rule each strategy declares what it promises: ``targets(site) -> Target``, the distribution
+of every entry of a matrix (``initcore.init.targets``). ``promise`` reads it for any role and shape;
+tests/init/test_targets.py checks every rule against its declaration.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from initcore.init import targets as T
 from initcore.init.functions import kaiming_normal_gain_, kaiming_uniform_gain_, lecun_normal_, trunc_normal_sigma_
 from initcore.init.sharded import full_modules, full_params
+from initcore.init.targets import Site, Target
 from initcore.models import structure
-from initcore.models.roles import Role, RoledParam, param_roles
+from initcore.models.roles import ROLES, Role, RoledParam, param_roles
 
 RESIDUAL_OUT = ("attn_out", "mlp_out")  # roles that write into a residual stream
 
@@ -37,6 +43,7 @@ class Context:
 
 
 Rule = Callable[[torch.Tensor, RoledParam, Context], None]
+Targets = Callable[[Site], Target]  # a strategy's promise for one matrix, see initcore.init.targets
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class Strategy:
     # the model config the strategy needs, from the model's config (None: any model); see config_for()
     config: Callable[[object], object] | None = None
     apart: tuple[str, ...] = ()  # roles the rule treats apart from "hidden": a guessed role would hide them
+    targets: Targets | None = None  # what the rule draws, per matrix (None: undeclared, which tests refuse)
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -57,20 +65,22 @@ _REGISTRY: dict[str, Strategy] = {}
 
 def register(name: str, summary: str, *, options: Mapping[str, object] | None = None, takes_gain: bool = False,
              special: Mapping[str, Rule] | None = None, config: Callable[[object], object] | None = None,
-             apart: tuple[str, ...] = ()) -> Callable[[Rule], Rule]:
+             apart: tuple[str, ...] = (), targets: Targets | None = None) -> Callable[[Rule], Rule]:
     """Decorator: add ``rule`` to the registry under ``name``.
 
     ``special`` maps a role to a rule called once with the whole parameter (``rule(p.param, p, ctx)``),
     for roles the strategy treats apart from the per-matrix rule. ``config`` maps a model's config to
     the config the strategy needs (DeepNorm's residual multiplier); ``apply`` refuses a model built
-    otherwise, and ``config_for`` hands the needed config to whoever builds the model.
+    otherwise, and ``config_for`` hands the needed config to whoever builds the model. ``targets``
+    declares what the rule draws: ``targets(site) -> Target`` for every matrix role (and for the
+    roles of ``special``), see ``initcore.init.targets``; ``promise`` reads it.
     """
 
     def deco(rule: Rule) -> Rule:
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} is registered twice")
         _REGISTRY[name] = Strategy(name, rule, summary, MappingProxyType(dict(options or {})), takes_gain,
-                                   MappingProxyType(dict(special or {})), config, tuple(apart))
+                                   MappingProxyType(dict(special or {})), config, tuple(apart), targets)
         return rule
 
     return deco
@@ -179,17 +189,9 @@ def apply(model: nn.Module, name: str, *, gain: float | str | None = None,
         >>> model = apply(MLP(8, 8, 2), "xavier_uniform", generator=torch.Generator().manual_seed(0))
     """
     strategy, implied = get(name)
-    unknown = set(options) - set(strategy.options)
-    if unknown:
-        valid = ", ".join(strategy.options) or "none"
-        raise ValueError(f"strategy {name!r} has no option {', '.join(sorted(unknown))}; valid: {valid}")
-    if gain is not None and not strategy.takes_gain:
-        raise ValueError(f"strategy {name!r} takes no gain; strategies with a gain: "
-                         f"{', '.join(s.name for s in _REGISTRY.values() if s.takes_gain)}")
+    _check_options(strategy, name, options, gain)
     if gain == "auto":
         gain = activation_gain(model)
-    elif gain is not None and not (isinstance(gain, (int, float)) and gain > 0 and math.isfinite(gain)):
-        raise ValueError(f"gain must be a positive number or 'auto', got {gain!r}")
     if strategy.config is not None:
         _check_config(strategy, getattr(model, "config", None))
     if strategy.name == "torch_default":
@@ -201,14 +203,74 @@ def apply(model: nn.Module, name: str, *, gain: float | str | None = None,
     _check_guessed(strategy, params)
     with torch.no_grad():
         for p in full_params(params, generator):  # DTensors: draw in full, keep the shard
-            if p.role in strategy.special:
-                strategy.special[p.role](p.param, p, ctx)
-            elif p.role in _DEFAULTS:
-                _DEFAULTS[p.role](p.param)
-            else:
-                for w in p.matrices():
-                    strategy.rule(w, p, ctx)
+            init_param(strategy, p, ctx)
     return model
+
+
+def init_param(strategy: Strategy, p: RoledParam, ctx: Context) -> None:
+    """Fill one parameter as ``apply`` does: the strategy's rule for its role, matrix by matrix."""
+    if p.role in strategy.special:
+        strategy.special[p.role](p.param, p, ctx)
+    elif p.role in _DEFAULTS:
+        _DEFAULTS[p.role](p.param)
+    else:
+        for w in p.matrices():
+            strategy.rule(w, p, ctx)
+
+
+def _check_options(strategy: Strategy, name: str, options: Mapping[str, object], gain) -> None:
+    unknown = set(options) - set(strategy.options)
+    if unknown:
+        valid = ", ".join(strategy.options) or "none"
+        raise ValueError(f"strategy {name!r} has no option {', '.join(sorted(unknown))}; valid: {valid}")
+    if gain is not None and not strategy.takes_gain:
+        raise ValueError(f"strategy {name!r} takes no gain; strategies with a gain: "
+                         f"{', '.join(s.name for s in _REGISTRY.values() if s.takes_gain)}")
+    if gain != "auto" and gain is not None and not (
+            isinstance(gain, (int, float)) and not isinstance(gain, bool) and gain > 0 and math.isfinite(gain)):
+        raise ValueError(f"gain must be a positive number or 'auto', got {gain!r}")
+
+
+def promise(name: str, role: str, fan_in: int, fan_out: int, *, n_layers: int = 1, block: int | None = None,
+            d_model: int | None = None, d_ff: int | None = None, part: str = "", chunks: int = 1,
+            gain: float | None = None, **options) -> Target:
+    """The distribution strategy ``name`` promises for one (fan_out, fan_in) matrix of role ``role``.
+
+    Read from the strategy's declaration (``register(..., targets=)``); biases, norm weights and gates
+    not treated apart get the registry's defaults (``targets.DEFAULT_TARGETS``), except under
+    torch_default, whose modules set their own. Arguments are those of ``targets.Site``; ``options``
+    the strategy's own (its defaults filled in, as ``apply`` does).
+
+    Raises:
+        ValueError: unknown strategy, role or option, a gain the strategy does not take, a strategy
+            that declares no targets.
+
+    Example:
+        >>> round(promise("gpt2", "mlp_out", 2048, 512, n_layers=12).std, 6)  # 0.02 / sqrt(2 * 12)
+        0.004082
+        >>> print(promise("kaiming_uniform", "hidden", 256, 512))  # a = sqrt(2) sqrt(3 / fan_in)
+        U(-0.1531, 0.1531)
+    """
+    strategy, implied = get(name)
+    _check_options(strategy, name, options, gain)
+    if gain == "auto":
+        raise ValueError("promise takes a numeric gain: resolve 'auto' with activation_gain(model)")
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; valid: {', '.join(ROLES)}")
+    if role in _DEFAULTS and role not in strategy.special and strategy.name != "torch_default":
+        return T.DEFAULT_TARGETS[role]
+    if strategy.targets is None:
+        raise ValueError(f"strategy {strategy.name!r} declares no targets: pass targets= to its register()")
+    site = Site(role, fan_in, fan_out, n_layers, block, d_model, d_ff, part, chunks, gain,
+                MappingProxyType({**strategy.options, **implied, **options}))
+    return strategy.targets(site)
+
+
+def site_of(p: RoledParam, ctx: Context, part: str = "") -> Site:
+    """The ``Site`` of one matrix of ``p`` under ``ctx`` (``part``: its q/k/v name, if any)."""
+    fan_in, fan_out = p.fans()
+    return Site(p.role, fan_in, fan_out, ctx.n_layers, p.block, ctx.d_model, ctx.d_ff, part, p.chunks,
+                ctx.gain, ctx.options)
 
 
 def config_for(name: str, cfg):
@@ -241,22 +303,27 @@ def _check_config(strategy: Strategy, cfg) -> None:
 # --- the strategies -----------------------------------------------------------------------------
 
 
-def _g(ctx: Context, default: float = 1.0) -> float:
+def _g(ctx: Context | Site, default: float = 1.0) -> float:
     return default if ctx.gain is None else ctx.gain
 
 
-@register("xavier_uniform", "U(-a, a), a = gain*sqrt(6/(fan_in+fan_out)) (Glorot & Bengio, 2010)", takes_gain=True)
+RELU_GAIN = math.sqrt(2.0)  # torch.nn.init.calculate_gain("relu"): kaiming_*'s default
+
+
+@register("xavier_uniform", "U(-a, a), a = gain*sqrt(6/(fan_in+fan_out)) (Glorot & Bengio, 2010)", takes_gain=True,
+          targets=lambda s: T.xavier_uniform(s.fan_in, s.fan_out, _g(s)))
 def _xavier_uniform(w, p, ctx):
     nn.init.xavier_uniform_(w, gain=_g(ctx), generator=ctx.generator)
 
 
-@register("xavier_normal", "N(0, gain^2*2/(fan_in+fan_out)) (Glorot & Bengio, 2010)", takes_gain=True)
+@register("xavier_normal", "N(0, gain^2*2/(fan_in+fan_out)) (Glorot & Bengio, 2010)", takes_gain=True,
+          targets=lambda s: T.xavier_normal(s.fan_in, s.fan_out, _g(s)))
 def _xavier_normal(w, p, ctx):
     nn.init.xavier_normal_(w, gain=_g(ctx), generator=ctx.generator)
 
 
 @register("kaiming_uniform", "U(-a, a), a = gain*sqrt(3/fan_in), gain sqrt(2) for ReLU (He et al., 2015)",
-          takes_gain=True)
+          takes_gain=True, targets=lambda s: T.fan_in_uniform(s.fan_in, _g(s, RELU_GAIN)))
 def _kaiming_uniform(w, p, ctx):
     if ctx.gain is None:
         nn.init.kaiming_uniform_(w, nonlinearity="relu", generator=ctx.generator)
@@ -264,7 +331,8 @@ def _kaiming_uniform(w, p, ctx):
         kaiming_uniform_gain_(w, ctx.gain, generator=ctx.generator)
 
 
-@register("kaiming_normal", "N(0, gain^2/fan_in), gain sqrt(2) for ReLU (He et al., 2015)", takes_gain=True)
+@register("kaiming_normal", "N(0, gain^2/fan_in), gain sqrt(2) for ReLU (He et al., 2015)", takes_gain=True,
+          targets=lambda s: T.fan_in_normal(s.fan_in, _g(s, RELU_GAIN)))
 def _kaiming_normal(w, p, ctx):
     if ctx.gain is None:
         nn.init.kaiming_normal_(w, nonlinearity="relu", generator=ctx.generator)
@@ -272,12 +340,14 @@ def _kaiming_normal(w, p, ctx):
         kaiming_normal_gain_(w, ctx.gain, generator=ctx.generator)
 
 
-@register("lecun_normal", "N(0, gain^2/fan_in) (LeCun et al., 1998); the init SELU assumes", takes_gain=True)
+@register("lecun_normal", "N(0, gain^2/fan_in) (LeCun et al., 1998); the init SELU assumes", takes_gain=True,
+          targets=lambda s: T.fan_in_normal(s.fan_in, _g(s)))
 def _lecun_normal(w, p, ctx):
     lecun_normal_(w, gain=_g(ctx), generator=ctx.generator)
 
 
-@register("orthogonal", "a (semi-)orthogonal matrix times gain (Saxe et al., 2014)", takes_gain=True)
+@register("orthogonal", "a (semi-)orthogonal matrix times gain (Saxe et al., 2014)", takes_gain=True,
+          targets=lambda s: T.orthogonal(_g(s), s.fan_in, s.fan_out))
 def _orthogonal(w, p, ctx):
     if w.is_contiguous():
         nn.init.orthogonal_(w, gain=_g(ctx), generator=ctx.generator)
@@ -285,13 +355,13 @@ def _orthogonal(w, p, ctx):
         w.copy_(nn.init.orthogonal_(torch.empty(w.shape), gain=_g(ctx), generator=ctx.generator))
 
 
-@register("small_normal", "N(0, 0.02^2) everywhere (GPT-2's base std)")
+@register("small_normal", "N(0, 0.02^2) everywhere (GPT-2's base std)", targets=lambda s: T.normal(0.02))
 def _small_normal(w, p, ctx):
     nn.init.normal_(w, 0.0, 0.02, generator=ctx.generator)
 
 
 @register("normal", "N(0, STD^2) everywhere; normal:0.01 is the notebook's too small, normal:1.0 too large",
-          options={"std": None})
+          options={"std": None}, targets=lambda s: T.normal(s.options["std"]))
 def _normal(w, p, ctx):
     nn.init.normal_(w, 0.0, ctx.options["std"], generator=ctx.generator)
 
@@ -302,7 +372,20 @@ def _torch_default(module: nn.Module) -> None:
         reset()
 
 
-@register("torch_default", "what the modules do by themselves (their reset_parameters)")
+def _torch_default_targets(s: Site) -> Target:
+    """What initcore's modules and torch's own do for each role: nn.Linear (weight and bias) kaiming_uniform_
+    with a = sqrt(5), i.e. U(+-1/sqrt(fan_in)); nn.Embedding N(0, 1); nn.MultiheadAttention's packed in_proj
+    Xavier uniform over the whole (3E, E) matrix (its biases are 0, not a Linear's); norm weights 1, gates 0."""
+    if s.role == "embedding":
+        return T.normal(1.0)
+    if s.role == "qkv" and s.chunks > 1:
+        return T.xavier_uniform(s.fan_in, s.fan_out * s.chunks)
+    if s.role in T.DEFAULT_TARGETS and s.role != "bias":
+        return T.DEFAULT_TARGETS[s.role]
+    return T.uniform(1 / math.sqrt(s.fan_in))  # a bias's site gives its Linear's fan_in
+
+
+@register("torch_default", "what the modules do by themselves (their reset_parameters)", targets=_torch_default_targets)
 def _torch_default_rule(w, p, ctx):  # never called per matrix: apply() hands the model to apply_torch_default
     raise AssertionError("torch_default is applied module by module")
 
@@ -325,21 +408,27 @@ def _standard_weights(w, p, ctx, embedding_std: float):
         nn.init.xavier_uniform_(w, gain=_g(ctx), generator=ctx.generator)
 
 
+def _standard_targets(s: Site) -> Target:
+    return T.normal(0.1) if s.role == "embedding" else T.xavier_uniform(s.fan_in, s.fan_out, _g(s))
+
+
 @register("standard", "the notebook's transformer baseline: Xavier uniform weights, embedding N(0, 0.1^2)",
-          takes_gain=True)
+          takes_gain=True, targets=_standard_targets)
 def _standard(w, p, ctx):
     _standard_weights(w, p, ctx, embedding_std=0.1)
 
 
 @register("scaled", "standard, then residual output projections (attn_out, mlp_out) times residual_scale",
-          options={"residual_scale": 0.5}, takes_gain=True, apart=RESIDUAL_OUT)
+          options={"residual_scale": 0.5}, takes_gain=True, apart=RESIDUAL_OUT,
+          targets=lambda s: _standard_targets(s).times(s.options["residual_scale"] if s.role in RESIDUAL_OUT else 1))
 def _scaled(w, p, ctx):
     _standard_weights(w, p, ctx, embedding_std=0.1)
     if p.role in RESIDUAL_OUT:
         w.mul_(ctx.options["residual_scale"])  # really scaled: the notebook's version never was
 
 
-@register("small_init", "the notebook's small init: N(0, 0.02^2) for every weight, embedding included")
+@register("small_init", "the notebook's small init: N(0, 0.02^2) for every weight, embedding included",
+          targets=lambda s: T.normal(0.02))
 def _small_init(w, p, ctx):
     nn.init.normal_(w, 0.0, 0.02, generator=ctx.generator)
 
@@ -362,7 +451,8 @@ def _positive_option(ctx: Context, name: str) -> float:
 
 
 @register("gpt2", "N(0, 0.02^2); attn_out, mlp_out N(0, (0.02/sqrt(2L))^2) (Radford et al., 2019; nanoGPT's c_proj)",
-          apart=RESIDUAL_OUT)
+          apart=RESIDUAL_OUT,
+          targets=lambda s: T.normal(0.02 / math.sqrt(2 * s.n_layers) if s.role in RESIDUAL_OUT else 0.02))
 def _gpt2(w, p, ctx):
     r"""GPT-2 (Radford et al., 2019, "Language Models are Unsupervised Multitask Learners", §2.3; nanoGPT).
 
@@ -376,7 +466,8 @@ def _gpt2(w, p, ctx):
 
 
 @register("megatron", "N(0, sigma^2); attn_out, mlp_out N(0, (sigma/sqrt(2L))^2) (Shoeybi et al., 2019, Megatron-LM)",
-          options={"sigma": 0.02}, apart=RESIDUAL_OUT)
+          options={"sigma": 0.02}, apart=RESIDUAL_OUT,
+          targets=lambda s: T.normal(s.options["sigma"] / (math.sqrt(2 * s.n_layers) if s.role in RESIDUAL_OUT else 1)))
 def _megatron(w, p, ctx):
     r"""Megatron-LM (Shoeybi et al., 2019): ``init_method_normal(sigma)`` and ``scaled_init_method_normal``.
 
@@ -389,8 +480,16 @@ def _megatron(w, p, ctx):
     _normal(w, sigma / math.sqrt(2 * ctx.n_layers) if p.role in RESIDUAL_OUT else sigma, ctx)
 
 
+def _olmo_mitchell_targets(s: Site) -> Target:
+    if s.role == "embedding":
+        return T.trunc_normal(1 / math.sqrt(s.fan_out))
+    if s.role in RESIDUAL_OUT:
+        return T.trunc_normal(1 / math.sqrt(2 * s.fan_in * (s.block + 1)))
+    return T.trunc_normal(1 / math.sqrt(s.fan_in))
+
+
 @register("olmo_mitchell", "trunc N(0, 1/d) at 3 sigma; attn_out 1/sqrt(2d(l+1)), mlp_out 1/sqrt(2 d_ff (l+1)) "
-          "(OLMo's init_fn=mitchell, Groeneveld et al., 2024)", apart=RESIDUAL_OUT)
+          "(OLMo's init_fn=mitchell, Groeneveld et al., 2024)", apart=RESIDUAL_OUT, targets=_olmo_mitchell_targets)
 def _olmo_mitchell(w, p, ctx):
     r"""OLMo's ``mitchell`` init (Groeneveld et al., 2024, ``olmo/initialization.py``): normals truncated at ±3σ.
 
@@ -414,7 +513,9 @@ def _olmo_mitchell(w, p, ctx):
 
 
 @register("neox_small_init", "N(0, 2/(5d)) (small_init, Nguyen & Salazar, 2019); attn_out, mlp_out std 2/(L sqrt(d)) "
-          "(wang_init, Mesh-Transformer-JAX); GPT-NeoX's defaults", apart=RESIDUAL_OUT)
+          "(wang_init, Mesh-Transformer-JAX); GPT-NeoX's defaults", apart=RESIDUAL_OUT,
+          targets=lambda s: T.normal(2 / (s.n_layers * math.sqrt(s.d_model or s.fan_in)) if s.role in RESIDUAL_OUT
+                                     else math.sqrt(2 / (5 * (s.d_model or s.fan_in)))))
 def _neox_small_init(w, p, ctx):
     r"""GPT-NeoX (Black et al., 2022): ``init_method="small_init"``, ``output_layer_init_method="wang_init"``.
 
@@ -460,9 +561,15 @@ def _deepnorm_qkv(param, p, ctx):
         nn.init.xavier_normal_(w, gain=beta if part == "v" else 1.0, generator=ctx.generator)
 
 
+def _deepnorm_targets(s: Site) -> Target:
+    scaled = s.role in ("attn_out", "mlp_in", "mlp_out") or (s.role == "qkv" and s.part == "v")
+    return T.xavier_normal(s.fan_in, s.fan_out, deepnorm_beta(s.n_layers) if scaled else 1.0)
+
+
 @register("deepnorm", "post-norm, residual x*(2L)^(1/4) + f(x); Xavier normal gain (8L)^(-1/4) on v, attn_out, "
           "mlp_in, mlp_out, gain 1 on q, k (Wang et al., 2022, DeepNet, decoder-only)",
-          special={"qkv": _deepnorm_qkv}, config=deepnorm_config, apart=("qkv", *RESIDUAL_OUT, "mlp_in"))
+          special={"qkv": _deepnorm_qkv}, config=deepnorm_config, apart=("qkv", *RESIDUAL_OUT, "mlp_in"),
+          targets=_deepnorm_targets)
 def _deepnorm(w, p, ctx):
     r"""DeepNorm (Wang et al., 2022, "DeepNet: Scaling Transformers to 1,000 Layers", Fig. 2), decoder-only form.
 
@@ -478,7 +585,9 @@ def _deepnorm(w, p, ctx):
 
 
 @register("fixup", "Fixup-style: attn_out, mlp_out zero so every block starts as the identity (pre-norm); "
-          "other matrices Xavier normal, embedding N(0, 1) (Zhang et al., 2019)", apart=RESIDUAL_OUT)
+          "other matrices Xavier normal, embedding N(0, 1) (Zhang et al., 2019)", apart=RESIDUAL_OUT,
+          targets=lambda s: T.constant(0.0) if s.role in RESIDUAL_OUT else T.normal(1.0) if s.role == "embedding"
+          else T.xavier_normal(s.fan_in, s.fan_out))
 def _fixup(w, p, ctx):
     r"""Fixup-style zero init of each residual branch's last layer (Zhang et al., 2019, "Fixup Initialization").
 
@@ -503,7 +612,8 @@ def rezero_config(cfg):
 
 
 @register("rezero", "gated residual x + g*f(x), g = 0 (model option rezero=True); Xavier uniform matrices, "
-          "embedding N(0, 1) (Bachlechner et al., 2020)", config=rezero_config)
+          "embedding N(0, 1) (Bachlechner et al., 2020)", config=rezero_config,
+          targets=lambda s: T.normal(1.0) if s.role == "embedding" else T.xavier_uniform(s.fan_in, s.fan_out))
 def _rezero(w, p, ctx):
     r"""ReZero (Bachlechner et al., 2020, "ReZero is All You Need"): every block starts as the identity.
 
@@ -532,8 +642,17 @@ def _packed_xavier_uniform(w, p, ctx):
     nn.init.uniform_(w, -bound, bound, generator=ctx.generator)
 
 
+def _notebook_targets(s: Site, matrices: Target) -> Target:
+    if s.role == "embedding":
+        return T.normal(0.02)
+    if s.role == "qkv" and s.chunks > 1:
+        return T.xavier_uniform(s.fan_in, s.fan_out * s.chunks)  # the packed fans
+    return matrices
+
+
 @register("notebook_xavier", "the notebook's InitializationUtils 'Standard Xavier': Xavier uniform matrices, "
-          "embedding N(0, 0.02^2), a packed in_proj left to torch's packed Xavier")
+          "embedding N(0, 0.02^2), a packed in_proj left to torch's packed Xavier",
+          targets=lambda s: _notebook_targets(s, T.xavier_uniform(s.fan_in, s.fan_out)))
 def _notebook_xavier(w, p, ctx):
     r"""The reference notebook's ``init_transformer_weights(model, "xavier_uniform")``, by role.
 
@@ -555,7 +674,9 @@ def _notebook_xavier(w, p, ctx):
 
 @register("notebook_he_residual", "the notebook's InitializationUtils 'He + residual scaling': He uniform (relu) "
           "matrices, attn_out and mlp_out N(0, 0.02^2)*0.5, embedding N(0, 0.02^2), a packed in_proj left to "
-          "torch's packed Xavier", apart=RESIDUAL_OUT)
+          "torch's packed Xavier", apart=RESIDUAL_OUT,
+          targets=lambda s: _notebook_targets(s, T.normal(0.01) if s.role in RESIDUAL_OUT
+                                              else T.fan_in_uniform(s.fan_in, RELU_GAIN)))
 def _notebook_he_residual(w, p, ctx):
     r"""The reference notebook's ``init_transformer_weights(model, "kaiming_uniform", ["ff2", "attention"],
     residual_scaling=True)``, by role.
