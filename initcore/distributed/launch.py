@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import io
+import os
 import queue
 import time
 import traceback
@@ -79,12 +80,24 @@ def device() -> str:
     return BACKENDS[dist.get_backend()]
 
 
+def _get(tasks: mp.Queue, parent: int) -> Any:
+    """The next message for this rank; None once the calling process is gone (killed, say), so that no
+    rank outlives it waiting for work."""
+    while True:
+        try:
+            return tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
+
+
 def _rank_main(rank: int, world_size: int, backend: str, pg_timeout_s: float, tasks: mp.Queue,
                results: mp.Queue) -> None:
     # One torch thread per rank, as torchrun's OMP_NUM_THREADS=1: OpenMP does not survive a fork with its
     # threads, ranks share the cores anyway, and numbers that depend on the thread count (a QR's
     # rounding) are then those of one process on one thread.
     torch.set_num_threads(1)
+    parent = os.getppid()
     # A rank is not a test: a forked one would inherit whatever filters were active when it was forked
     # (pytest's "error" inside a test, other filters at collection). Python's defaults, whenever forked.
     warnings.resetwarnings()
@@ -97,7 +110,9 @@ def _rank_main(rank: int, world_size: int, backend: str, pg_timeout_s: float, ta
             store = dist.TCPStore(HOST, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
             results.put((0, "port", store.port))
         else:
-            port = tasks.get()
+            port = _get(tasks, parent)
+            if port is None:
+                return
             store = dist.TCPStore(HOST, port, world_size, is_master=False, timeout=timeout)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
         dist.barrier()
@@ -106,7 +121,7 @@ def _rank_main(rank: int, world_size: int, backend: str, pg_timeout_s: float, ta
         return
     results.put((rank, "ready", ("ok", None)))
     while True:
-        message = tasks.get()
+        message = _get(tasks, parent)
         if message is None:
             break
         call, fn, args, kwargs = message

@@ -149,3 +149,29 @@ def test_spawned_ranks_work_as_forked_ones():
         assert g.run(dist.get_backend, timeout_s=SLOW_S) == ["gloo"]
     finally:
         g.close()
+
+
+def test_ranks_do_not_outlive_a_killed_caller():
+    # a caller killed without closing its group (a test run stopped by a timeout): its ranks notice the
+    # parent is gone within a second of waiting for work, and leave
+    import subprocess
+    import sys
+
+    script = ("import os, sys; from initcore.distributed import group, launch; "
+              "print(*launch.pids(group(2)), flush=True); os._exit(9)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=SLOW_S)
+    ranks = [int(pid) for pid in out.stdout.split()]
+    assert len(ranks) == 2, out.stderr
+    deadline = time.monotonic() + 30  # a bound, not a timing: each rank checks once a second
+    while time.monotonic() < deadline and any(_alive(pid) for pid in ranks):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in ranks)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone too
+        return f.read().split(") ")[-1][0] != "Z"
