@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 
 from initcore import theory
+from initcore.init import strategies
 from initcore.probe.tracing import ID_COLUMNS
 
 
@@ -20,29 +23,28 @@ def to_long(frame: pd.DataFrame) -> pd.DataFrame:
     return long.astype({"value": "float64"})[["module", "statistic", "value"]]
 
 
-_THEORY_ALIASES = {"standard": "xavier_uniform", "scaled": "xavier_uniform", "small_init": "normal:0.02"}
-
-
-def mlp_theory(config, init: str, *, gain: float | None = None, bias: float = 0.0,
+def mlp_theory(config, init: str, *, gain: float | str | None = None, bias: float = 0.0,
                input_second_moment: float = 1.0) -> pd.DataFrame:
     """Mean-field predictions (``theory.mlp_mean_field``) for an MLP's rows, one per Linear layer.
 
-    σw² of layer l is fan_in·Var(w) of strategy ``init`` (``theory.init_variance``; torch_default is
-    U(±1/√fan_in), Var = 1/(3·fan_in); "standard" and "scaled" are Xavier uniform on an MLP, "small_init"
-    N(0, 0.02²)). The bias is the constant ``bias``: torch_default's random biases are not modelled.
+    σw² of layer l is fan_in·Var(w), Var(w) as strategy ``init`` declares it for the layer's role ("hidden",
+    "head" for the last; ``initcore.init.promise``): every registered strategy has one, torch_default's
+    U(±1/√fan_in) included (Var = 1/(3·fan_in)). ``gain="auto"`` is the activation's ``calculate_gain``.
+    A strategy that needs a transformer (deepnorm, rezero) raises ValueError.
+    The bias is the constant ``bias``: torch_default's random biases are not modelled.
     Returns columns ``layer`` and ``preact_std_theory, act_std_theory, act_mean_theory, dead_frac_theory,
     saturated_frac_theory`` (NaN where the measured ``saturated_frac`` is NaN).
     """
     cfg = getattr(config, "config", config)
-    fans = [(cfg.in_features if i == 0 else cfg.width, cfg.width) for i in range(cfg.depth)]
-    if init == "torch_default":
-        sigma_w2 = [1.0 / 3.0] * cfg.depth  # kaiming_uniform_(a=sqrt(5)): bound 1/sqrt(fan_in)
-    else:
-        name = _THEORY_ALIASES.get(init, init)
-        if name not in theory.STRATEGIES and not name.startswith("normal:"):
-            known = ", ".join([*theory.STRATEGIES, "torch_default", *_THEORY_ALIASES])
-            raise ValueError(f"no mean-field prediction for strategy {init!r}; theory knows: {known}")
-        sigma_w2 = [fi * theory.init_variance(name, fi, fo, gain) for fi, fo in fans]
+    strategies.config_for(init, cfg)  # a strategy that refuses an MLP (deepnorm, rezero) says so
+    if gain == "auto":
+        gain = strategies.activation_gain(SimpleNamespace(config=cfg))
+    sigma_w2 = []
+    for i in range(cfg.depth):
+        fan_in = cfg.in_features if i == 0 else cfg.width
+        role = "head" if i == cfg.depth - 1 else "hidden"
+        sigma_w2.append(fan_in * strategies.promise(init, role, fan_in, cfg.width, n_layers=cfg.depth,
+                                                    gain=gain).variance)
     pred = theory.mlp_mean_field(cfg.activation, cfg.depth, sigma_w2, bias, input_second_moment)
     saturated = np.array(pred["saturated_frac"], dtype=np.float64)
     if cfg.activation not in ("tanh", "sigmoid"):

@@ -58,7 +58,7 @@ CUDA = torch.cuda.is_available()
     (["trace", "--init", "torch_default", "--gain", "2"], "takes no gain"),
     (["trace", "--gain", "-1"], "argument --gain: must be a positive number or 'auto'"),
     (["trace", "--model", "transformer", "--theory"], "--theory predicts MLPs only"),
-    (["trace", "--init", "gpt2", "--theory"], "no mean-field prediction"),
+    (["trace", "--init", "deepnorm", "--theory"], "strategy 'deepnorm' needs a transformer"),
     (["trace", "--format", "xml"], "argument --format: invalid choice"),
     (["bogus"], "invalid choice"),
     ([], "required: COMMAND"),

@@ -380,8 +380,10 @@ def test_mlp_theory_uses_each_layers_fans():
     assert predicted.saturated_frac_theory.isna().tolist() == [False, False, True]
     default = probe.mlp_theory(model, "torch_default")
     np.testing.assert_allclose(default.preact_std_theory[0], math.sqrt(1 / 3), rtol=1e-12)  # U(+-1/sqrt(fan_in))
-    with pytest.raises(ValueError, match="no mean-field prediction for strategy 'gpt2'"):
-        probe.mlp_theory(model, "gpt2")
+    gpt2 = probe.mlp_theory(model, "gpt2")  # every strategy declares its targets: N(0, 0.02^2) on an MLP
+    np.testing.assert_allclose(gpt2.preact_std_theory[0], math.sqrt(32) * 0.02, rtol=1e-12)
+    with pytest.raises(ValueError, match="strategy 'deepnorm' needs a transformer"):
+        probe.mlp_theory(model, "deepnorm")
 
 
 def test_with_theory_puts_each_prediction_beside_its_measurement():
