@@ -1,0 +1,167 @@
+"""Real models initcore did not write, built by their own libraries with random weights: Hugging Face
+transformers' GPT-2 (from a small ``GPT2Config``) and torchvision's ResNet-18 (``weights=None``).
+
+Each factory is ``seed -> (model, inputs)`` (``initcore.experiments.Case``, whose ``ZOO_RUNS`` name the
+sizes): the model is built, and so initialized, by its library's own code under ``torch.manual_seed(seed)``
+(in a forked RNG, leaving the caller's untouched), then the inputs are drawn. Nothing is downloaded: the
+models come from configurations, never from ``from_pretrained``, so they work under ``HF_HUB_OFFLINE=1``.
+
+transformers and torchvision are the optional extra ``zoo``; they are imported by the factories, not
+by this module. ``GPT2_ROLES`` lets ``initcore.init.apply(model, "gpt2", roles=GPT2_ROLES)`` initialize
+a Hugging Face GPT-2, whose ``Conv1D`` weights are stored transposed, (in, out).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from initcore.models.roles import Role
+
+INSTALL = ("pip install 'initcore[zoo]' and then python scripts/install_zoo.py, which installs the torchvision "
+           "built for your torch without replacing it (`make test` or `make bench` in a checkout does both)")
+
+# Roles of a Hugging Face GPT-2 (GPT2Model or GPT2LMHeadModel: "*" matches the "transformer." prefix) for
+# initcore.init.apply. Its Conv1D weights are (in, out): c_attn packs q, k and v along the output
+# dimension. Embeddings (wte, wpe), LayerNorms and biases get their roles from their types.
+GPT2_ROLES: dict[str, Role] = {
+    "*h.*.attn.c_attn.weight": Role("qkv", parts=("q", "k", "v"), transposed=True),
+    "*h.*.attn.c_proj.weight": Role("attn_out", transposed=True),
+    "*h.*.mlp.c_fc.weight": Role("mlp_in", transposed=True),
+    "*h.*.mlp.c_proj.weight": Role("mlp_out", transposed=True),
+}
+
+# --- torchvision's import beside a torch its C++ ops were not built for ---------------------------------
+# A torchvision wheel from PyPI is a CUDA build. Beside a CPU torch (torch 2.13.0+cpu with torchvision
+# 0.28.0 here) its extension torchvision/_C cannot load; torchvision tolerates that (extension._has_ops()
+# is then False and the ops that need it raise a clear RuntimeError when called), except that its
+# _meta_registrations registers fake kernels for torchvision::nms and ::qnms unconditionally, so
+# `import torchvision` -- and `import transformers`, which imports torchvision when it is installed --
+# fails with "RuntimeError: operator torchvision::nms does not exist". Defining those two schemas (no
+# kernel) before the first import lets it through; GPT-2 and ResNet never call them, and
+# torchvision.ops.nms still raises torchvision's own error. Only done where the extension cannot load:
+# where it loads, it defines the real ops, and a second definition would be an error.
+SHIMMED_SCHEMAS = {
+    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_shim_library: torch.library.Library | None = None  # kept alive: dropping it would remove the schemas
+
+
+def _has_op(name: str) -> bool:
+    try:
+        getattr(torch.ops.torchvision, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def torchvision_extension_loads() -> bool | None:
+    """Whether torchvision's C++ extension (``torchvision/_C``) loads beside this torch, found and loaded
+    the way torchvision's own ``extension.py`` does it; None if torchvision is not installed. Loading it
+    here is what ``import torchvision`` would do next anyway."""
+    spec = importlib.util.find_spec("torchvision")  # finds the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    directory = next(iter(spec.submodule_search_locations))
+    if os.name == "nt":  # as torchvision's _get_extension_path: its own DLLs beside the extension
+        os.add_dll_directory(directory)
+    loader = (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES)
+    found = importlib.machinery.FileFinder(directory, loader).find_spec("_C")
+    if found is None or found.origin is None:
+        return False
+    try:
+        torch.ops.load_library(found.origin)
+    except (OSError, RuntimeError):  # e.g. "libcudart.so.13: cannot open shared object file", undefined symbols
+        return False
+    return True
+
+
+def torchvision_ops_shim() -> tuple[str, ...]:
+    """Before the first import of torchvision or transformers: define the schemas that torchvision's import
+    needs where its C++ ops cannot load (see the comment above ``SHIMMED_SCHEMAS``). Returns the names
+    of the ops defined by this call: none where torchvision is missing, already imported, or its
+    extension loads."""
+    global _shim_library
+    if "torchvision" in sys.modules or _shim_library is not None:
+        return ()
+    if torchvision_extension_loads() in (None, True):
+        return ()
+    missing = [name for name in SHIMMED_SCHEMAS if not _has_op(name)]
+    if missing:
+        _shim_library = torch.library.Library("torchvision", "DEF")
+        for name in missing:
+            _shim_library.define(SHIMMED_SCHEMAS[name])
+    return tuple(missing)
+
+
+def _import(name: str) -> Any:
+    """``import name`` (transformers or torchvision) after the shim, or an ImportError naming the extra."""
+    torchvision_ops_shim()
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ImportError(f"initcore.zoo needs {name} (initcore's optional extra 'zoo'): {INSTALL}. "
+                          f"({type(exc).__name__}: {exc})") from exc
+
+
+def require() -> str:
+    """Import what the factories use (transformers' GPT-2 with torch, torchvision's models); return the
+    versions as a line. ImportError names the extra."""
+    transformers, torchvision = _import("transformers"), _import("torchvision")
+    transformers.GPT2LMHeadModel, torchvision.models.resnet18  # noqa: B018 -- transformers imports models lazily
+    return f"transformers {transformers.__version__}, torchvision {torchvision.__version__}"
+
+
+def missing() -> str | None:
+    """None if transformers and torchvision are installed (found, not imported), else a line saying what is
+    missing and how to install it."""
+    absent = [name for name in ("transformers", "torchvision") if importlib.util.find_spec(name) is None]
+    if not absent:
+        return None
+    return f"{' and '.join(absent)} not installed (initcore's optional extra 'zoo'): {INSTALL}"
+
+
+def gpt2(seed: int, *, n_layer: int = 4, n_embd: int = 128, n_head: int = 4, vocab_size: int = 512,
+         n_positions: int = 64, batch: int = 4, seq_len: int = 32) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A Hugging Face ``GPT2LMHeadModel`` with its own init (``_init_weights``: N(0, initializer_range^2),
+    c_proj scaled by 1/sqrt(2 n_layer)) and ``{"input_ids": (batch, seq_len)}`` uniform token ids.
+
+    Dropout is 0 (statistics at init are then deterministic given weights and inputs), attention goes
+    through ``scaled_dot_product_attention`` (``attn_implementation="sdpa"``), so the probe sees it.
+    """
+    transformers = _import("transformers")
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                                     n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     use_cache=False,
+                                     # GPT2Config's default 50256 lies outside a small vocabulary (a logged warning)
+                                     bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+        ids = torch.randint(0, vocab_size, (batch, seq_len))
+    return model.eval(), {"input_ids": ids}
+
+
+def resnet18(seed: int, *, batch: int = 4, image_size: int = 32,
+             num_classes: int = 1000) -> tuple[nn.Module, torch.Tensor]:
+    """torchvision's ResNet-18 with its own init (``weights=None``: convs He-normal with fan_out, BatchNorm
+    weight 1 and bias 0, the fc torch's default Linear init) and images x ~ N(0, 1) of shape
+    (batch, 3, image_size, image_size), as inputs normalized per channel."""
+    models = _import("torchvision").models
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = models.resnet18(weights=None, num_classes=num_classes)
+        x = torch.randn(batch, 3, image_size, image_size)
+    return model, x
+
+
+__all__ = ["GPT2_ROLES", "INSTALL", "SHIMMED_SCHEMAS", "gpt2", "missing", "require", "resnet18",
+           "torchvision_extension_loads", "torchvision_ops_shim"]

@@ -1,0 +1,165 @@
+"""Install initcore's ``zoo`` extra (transformers, and the torchvision that matches the installed torch) into
+the Python that runs this script, without ever replacing its torch.
+
+    python scripts/install_zoo.py             # install; exit 1, loudly, if torch changed anyway
+    python scripts/install_zoo.py --dry-run   # pip's plan only (its --dry-run --report); exit 1 if it holds torch
+
+Why a script and not ``pip install 'initcore[zoo]'`` with torchvision in the extra: a torchvision wheel pins
+the exact torch it was built against (torchvision 0.28.0 requires torch==2.13.0), so an unpinned or
+mismatched torchvision makes pip replace the torch in the environment (here the CPU build, with a CUDA
+build of about 5.5 GB). So the extra lists transformers (which does not depend on torch) and pillow; this
+script picks torchvision 0.(N+15).P for torch 2.N.P, installs it with ``--no-deps``, holds torch to its
+installed version with a pip constraint in every step, and checks afterwards that torch is unchanged.
+
+A torchvision wheel from PyPI is a CUDA build: beside a CPU torch its C++ ops cannot load, which
+``initcore.zoo`` handles (see ``initcore.zoo.torchvision_ops_shim``). ``--torchvision SPEC`` installs
+another (e.g. ``"torchvision==0.28.0+cpu"`` with ``--pip-arg=--index-url=...`` for a CPU wheel index).
+Bad input exits 2 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTRA = "zoo"
+# torchvision 0.(N + 15).P is the release built against torch 2.N.P (torch 2.2.2 -> 0.17.2, 2.5.1 -> 0.20.1,
+# 2.13.0 -> 0.28.0); the project needs torch >= 2.2 (pyproject), where the rule holds.
+TORCHVISION_MINOR_OFFSET = 15
+TORCHVISION_PURE_DEPS = ("numpy", "pillow")  # its Requires-Dist besides torch (0.28.0: numpy, torch, pillow)
+
+
+class UsageError(Exception):
+    """Bad input or an environment the script cannot work in: one line, exit 2."""
+
+
+def torchvision_for(torch_version: str) -> str:
+    """The torchvision release built against ``torch_version`` ("2.13.0+cpu" -> "0.28.0").
+
+    >>> torchvision_for("2.13.0+cpu"), torchvision_for("2.5.1+cu124"), torchvision_for("2.2.2")
+    ('0.28.0', '0.20.1', '0.17.2')
+    """
+    match = re.match(r"^2\.(\d+)\.(\d+)", torch_version)
+    if not match or int(match.group(1)) < 2:
+        raise UsageError(f"torch {torch_version}: the zoo pins torchvision for torch 2.N.P with N >= 2 "
+                         f"(torchvision 0.(N+{TORCHVISION_MINOR_OFFSET}).P); give --torchvision SPEC")
+    return f"0.{int(match.group(1)) + TORCHVISION_MINOR_OFFSET}.{match.group(2)}"
+
+
+def extra_requirements(pyproject: Path = ROOT / "pyproject.toml", extra: str = EXTRA) -> list[str]:
+    """The requirements of ``[project.optional-dependencies] <extra>`` in ``pyproject``."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pip vendors the same parser
+        from pip._vendor import tomli as tomllib
+    with open(pyproject, "rb") as f:
+        extras = tomllib.load(f).get("project", {}).get("optional-dependencies", {})
+    if extra not in extras:
+        raise UsageError(f"{pyproject} has no optional-dependencies extra {extra!r}; it has: {', '.join(extras)}")
+    return list(extras[extra])
+
+
+def installed_torch(python: str) -> tuple[str, str]:
+    """(version, location) of the torch ``python`` imports, from a fresh interpreter."""
+    done = subprocess.run([python, "-c", "import torch; print(torch.__version__); print(torch.__path__[0])"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UsageError(f"{python} cannot import torch; set up the environment with its torch first (make test)")
+    version, location = done.stdout.split()[-2:]
+    return version, location
+
+
+def plan(torch_version: str, requirements: list[str], torchvision: str) -> list[list[str]]:
+    """The pip commands (arguments after ``pip``) that install the extra; ``{constraint}`` stands for a
+    constraint file holding ``torch==<torch_version>``, so that no step can change torch: the extra's
+    requirements, then torchvision alone (``--no-deps``: its only other requirements, numpy and pillow,
+    are pure and installed in the first step)."""
+    hold = ["--constraint", "{constraint}"]
+    return [["install", *hold, *requirements, *TORCHVISION_PURE_DEPS],
+            ["install", *hold, "--no-deps", torchvision]]
+
+
+def would_install(python: str, steps: list[list[str]], constraint: str, pip_args: list[str],
+                  ignore_installed: bool = False) -> list[tuple[str, str]]:
+    """(name, version) of every distribution pip would install for ``steps`` (its --dry-run --report);
+    with ``ignore_installed``, as into an environment that has none of them."""
+    found = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, step in enumerate(steps):
+            report = Path(tmp) / f"report{i}.json"
+            extra = ["--ignore-installed"] if ignore_installed else []
+            args = [a.replace("{constraint}", constraint) for a in step]
+            _pip(python, [*args, *pip_args, *extra, "--dry-run", "--quiet", "--report", str(report)])
+            for item in json.loads(report.read_text())["install"]:
+                found.append((item["metadata"]["name"], item["metadata"]["version"]))
+    return found
+
+
+def _pip(python: str, args: list[str]) -> None:
+    command = [python, "-m", "pip", *args]
+    print("+", " ".join(command), flush=True)
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise SystemExit(f"install_zoo: pip failed (exit {done.returncode}): {' '.join(command)}")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="print what pip would install; exit 1 if torch")
+    parser.add_argument("--ignore-installed", action="store_true",
+                        help="with --dry-run: plan as for an environment without the zoo's packages")
+    parser.add_argument("--torchvision", metavar="SPEC", help="the torchvision requirement (default: the one "
+                        "built against the installed torch, torchvision==0.(N+15).P)")
+    parser.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
+                        help="an extra argument for every pip install (repeatable), e.g. --pip-arg=--no-index")
+    args = parser.parse_args(argv)
+    python = sys.executable
+    try:
+        before = installed_torch(python)
+        torchvision = args.torchvision or f"torchvision=={torchvision_for(before[0])}"
+        steps = plan(before[0], extra_requirements(), torchvision)
+    except UsageError as exc:
+        print(f"install_zoo: {exc}", file=sys.stderr)
+        return 2
+    print(f"install_zoo: torch {before[0]} at {before[1]} stays; installing {' '.join(extra_requirements())} "
+          f"and {torchvision} (--no-deps)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        constraint = os.path.join(tmp, "hold-torch.txt")
+        Path(constraint).write_text(f"torch=={before[0]}\n")
+        if args.dry_run:
+            found = would_install(python, steps, constraint, args.pip_arg, args.ignore_installed)
+            print("install_zoo: pip would install:", ", ".join(f"{n}=={v}" for n, v in found) or "nothing")
+            touched = [f"{n}=={v}" for n, v in found if _canonical(n) == "torch"]
+            if touched:
+                print(f"install_zoo: *** the plan would replace torch {before[0]} with {touched[0]}", file=sys.stderr)
+                return 1
+            return 0
+        for step in steps:
+            _pip(python, [a.replace("{constraint}", constraint) for a in step] + args.pip_arg)
+    after = installed_torch(python)
+    if after != before:
+        print(f"install_zoo: *** TORCH WAS REPLACED: torch {before[0]} at {before[1]} is now torch {after[0]} at "
+              f"{after[1]}. Rebuild the environment (make clean; make test) and report this.", file=sys.stderr)
+        return 1
+    done = subprocess.run([python, "-c", "import initcore.zoo as z; print(z.require())"], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        print(f"install_zoo: *** installed, but the zoo does not import:\n{done.stderr}", file=sys.stderr)
+        return 1
+    print(f"install_zoo: torch {after[0]} unchanged; {done.stdout.strip()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
