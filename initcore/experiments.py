@@ -447,3 +447,47 @@ def width_run(strategy: str, width: int) -> TransformerRun:
 
 
 WIDTH_RUNS = {(s, w): width_run(s, w) for s in WIDTH_STRATEGIES_LARGE for w in WIDTHS_LARGE}
+
+
+# === real models that initcore did not write (issue 11): bench/test_real_models.py ====================
+# Hugging Face transformers' GPT-2 and torchvision's ResNet-18, built and initialized by their own
+# libraries, random weights (initcore.zoo; the optional extra "zoo"). The factories import transformers and
+# torchvision when called, never when this module is imported.
+ZOO_GPT2 = {"n_layer": 4, "n_embd": 128, "n_head": 4, "vocab_size": 512,
+            "n_positions": 256,  # 32768 position-table entries: enough for a KS test to resolve a 10% std change
+            "batch": 4, "seq_len": 32}
+ZOO_RESNET18 = {"batch": 4, "image_size": 32, "num_classes": 1000}  # 32 px: layer4 works on 1 x 1 maps
+
+
+def _zoo_gpt2(seed: int) -> tuple[nn.Module, Any]:
+    from initcore import zoo
+
+    return zoo.gpt2(seed, **ZOO_GPT2)
+
+
+def _zoo_gpt2_initcore(seed: int) -> tuple[nn.Module, Any]:
+    """The same GPT-2, its weights drawn anew by initcore's ``gpt2`` strategy (``zoo.GPT2_ROLES``)."""
+    from initcore import zoo
+
+    model, inputs = zoo.gpt2(seed, **ZOO_GPT2)
+    init.apply(model, "gpt2", roles=zoo.GPT2_ROLES, generator=torch.Generator().manual_seed(seed))
+    return model, inputs
+
+
+def _zoo_resnet18(seed: int) -> tuple[nn.Module, Any]:
+    from initcore import zoo
+
+    return zoo.resnet18(seed, **ZOO_RESNET18)
+
+
+_GPT2_KEY = "hf-gpt2-L{n_layer}-d{n_embd}-h{n_head}-v{vocab_size}-b{batch}-t{seq_len}".format(**ZOO_GPT2)
+ZOO_RUNS = {
+    # The stack ends in ln_f and the tied lm_head: a fixed random projection of the logits is the loss, as
+    # for initcore's transformers. Rows: every module owning parameters, and the attention of each block.
+    "gpt2": Case(_GPT2_KEY, _zoo_gpt2, loss="random"),
+    "gpt2_initcore": Case(_GPT2_KEY + "/initcore-gpt2", _zoo_gpt2_initcore, loss="random"),
+    # Traced in training mode, as it trains: BatchNorm normalizes by the batch's statistics, which is what
+    # torchvision's BatchNorm init (weight 1, bias 0) is made for.
+    "resnet18": Case("tv-resnet18-c{num_classes}-b{batch}-s{image_size}".format(**ZOO_RESNET18), _zoo_resnet18,
+                     loss="random", train=True),
+}
