@@ -1,0 +1,178 @@
+"""Traces over training steps: the probe's frame after every optimizer step, and what the steps changed.
+
+``trace_steps(model, data, optimizer, steps, loss)`` traces the model with ``initcore.probe.trace`` at
+step 0 (init) and after each of ``steps`` optimizer steps, on one fixed batch, and adds to every probe
+row the change of its output since step 0 (``act_change_rms``, rms of h_t - h_0), to every parameter a
+row with its update (rms of W_t - W_0, and that over rms of W_0), and a row for the prediction the loss
+sees (kind ``output``): the quantities of the muP papers' coordinate checks (Yang et al., 2021).
+
+When the step's batch is the measured one (a fixed batch, the default), the trace's own backward pass
+makes the step's gradients, so a step costs one forward and one backward pass. Off the CPU the probe
+copies its numbers to the host once per pass; the update and output sizes computed here stay on the
+device until one copy at the end of the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from initcore import probe
+
+PARAM_STATISTICS: dict[str, str] = {
+    "param_rms": "rms of the parameter now, W_t",
+    "update_rms": "rms of W_t - W_0: how far the steps moved it",
+    "update_ratio": "update_rms / rms of W_0 (NaN where W_0 is 0)",
+}
+OUTPUT_ROW = "output"  # the row of the prediction the loss sees (kind "output")
+
+
+class Batch(NamedTuple):
+    """One batch: what the model takes, and what the loss compares its prediction with."""
+
+    inputs: Any  # a tensor, a tuple of positional arguments, or a dict of keyword arguments
+    targets: Any
+
+
+Loss = Callable[[torch.Tensor, Any], torch.Tensor]  # (prediction, targets) -> scalar
+
+
+def _batches(data: Batch | Iterable[Batch], steps: int) -> Iterator[Batch]:
+    if isinstance(data, Batch):
+        while True:
+            yield data
+    it = iter(data)
+    for t in range(steps):
+        try:
+            batch = next(it)
+        except StopIteration:
+            raise ValueError(f"data ran out after {t} batches; {steps} steps need {steps}") from None
+        if not isinstance(batch, Batch):
+            raise ValueError(f"data must yield initcore.steps.Batch(inputs, targets), got {type(batch).__name__}")
+        yield batch
+
+
+def _call(model: nn.Module, inputs):
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+
+
+
+def trace_steps(model: nn.Module, data: Batch | Iterable[Batch], optimizer: torch.optim.Optimizer, steps: int,
+                loss: Loss, *, readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                measure_on: Batch | None = None, select=None, statistics="all") -> pd.DataFrame:
+    """Probe frames of ``model`` at step 0 and after each of ``steps`` steps of ``optimizer``, one frame.
+
+    Args:
+        model: any model ``initcore.probe.trace`` takes (its rows: see there).
+        data: one ``Batch``, used for every step, or an iterable of at least ``steps`` batches.
+        optimizer: a ``torch.optim`` optimizer over ``model``'s parameters (``init.param_groups`` gives
+            muP's groups).
+        steps: how many optimizer steps (>= 0).
+        loss: ``loss(prediction, targets)`` -> a scalar tensor.
+        readout: the prediction from the model's output (default: the output itself); e.g. the first
+            k columns of an MLP whose last layer is as wide as the others.
+        measure_on: the batch every step is measured on (default: the first batch), so that h_t - h_0
+            compares outputs of one input. A step on another batch costs a second forward-backward pass.
+        select, statistics: passed to ``probe.trace``.
+
+    Returns:
+        The probe's columns plus ``step`` (0 .. steps; row t is the model after t steps, its gradients
+        those of the step t + 1 takes), ``act_change_rms`` (0 at step 0), and ``PARAM_STATISTICS`` on rows
+        of kind ``param`` (one per trainable parameter, ``module`` its name, ``layer`` the first index
+        in the name, -1 if none); row ``output`` (kind ``output``) carries the prediction's
+        ``act_rms`` and ``act_change_rms``. The probe runs the model in eval mode (dropout off), so
+        that the change is the steps' own, not dropout's.
+
+    Raises:
+        ValueError: steps negative, data that is not batches or runs out; the probe's own errors.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    readout = readout or (lambda out: out)
+    batches = _batches(data, steps)
+    first = next(batches) if steps else (data if isinstance(data, Batch) else None)
+    measured = measure_on or first
+    if measured is None:
+        measured = next(iter(data), None)
+        if not isinstance(measured, Batch):
+            raise ValueError("data must be an initcore.steps.Batch(inputs, targets) or yield them")
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    with torch.no_grad():
+        w0 = [p.detach().clone() for _, p in params]
+        w0_norm = [torch.linalg.vector_norm(w) for w in w0]
+        zero = torch.zeros((), device=w0[0].device) if params else None
+    predictions: list[torch.Tensor] = []  # the measured batch's prediction at each step
+
+    def measured_loss(out: torch.Tensor) -> torch.Tensor:
+        pred = readout(out)
+        predictions.append(pred.detach().clone())
+        return loss(pred, measured.targets)
+
+    # per step, as 0-d tensors stacked on the device: the norms of W_t and of W_t - W_0 per parameter, then of
+    # the prediction and its change (float32 norms: 1e-6 relative, plenty); divided into rms on the host
+    frames, numbers = [], []
+    reference = None
+    batch = first
+    for t in range(steps + 1):
+        frame = probe.trace(model, measured.inputs, measured_loss, select=select, statistics=statistics,
+                            keep_outputs=t == 0, reference=reference)
+        if t == 0:
+            reference = frame.attrs.pop("outputs")
+            frame["act_change_rms"] = 0.0
+        frame.insert(0, "step", t)
+        frames.append(frame)
+        with torch.no_grad():
+            pred = predictions[-1]
+            moved = [torch.dist(p, w) if t else zero for (_, p), w in zip(params, w0, strict=True)]
+            numbers.append(torch.stack([*(torch.linalg.vector_norm(p) for _, p in params), *moved,
+                                        torch.linalg.vector_norm(pred), torch.dist(pred, predictions[0])]))
+        if t == steps:
+            break
+        if batch is not measured:
+            optimizer.zero_grad(set_to_none=True)
+            loss(readout(_call(model, batch.inputs)), batch.targets).backward()
+        optimizer.step()
+        batch = next(batches, None)
+    n = len(params)
+    host = torch.cat([torch.stack(numbers).flatten()] + ([torch.stack(w0_norm)] if params else []))
+    host = host.double().cpu().numpy()  # the run's one copy of its own numbers
+    sizes = np.sqrt(np.maximum([p.numel() for _, p in params] * 2 + [pred.numel()] * 2, 1))
+    rms = host[: len(numbers) * (2 * n + 2)].reshape(len(numbers), 2 * n + 2) / sizes
+    return _to_frame(frames, params, rms, host[len(numbers) * (2 * n + 2):] / sizes[:n])
+
+
+def _first_index(name: str) -> int:
+    return next((int(part) for part in name.split(".") if part.isdigit()), -1)
+
+
+def _to_frame(frames: list[pd.DataFrame], params: list[tuple[str, nn.Parameter]], numbers: np.ndarray,
+              w0_rms: np.ndarray) -> pd.DataFrame:
+    """One frame: per step, the probe's rows, then ``output``, then the parameters (every statistic float64)."""
+    n, steps = len(params), len(frames)
+    names = [name for name, _ in params]
+    layers = [_first_index(name) for name in names]
+    w0 = np.tile(w0_rms, steps)
+    update = numbers[:, n:2 * n].ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(w0 > 0, update / w0, np.nan)
+    extra = pd.DataFrame({
+        "step": np.concatenate([np.arange(steps), np.repeat(np.arange(steps), n)]),
+        "module": [OUTPUT_ROW] * steps + names * steps,
+        "kind": ["output"] * steps + ["param"] * (n * steps),
+        "layer": np.concatenate([np.full(steps, -1), np.tile(layers, steps)]).astype(np.int64),
+        "act_rms": np.concatenate([numbers[:, 2 * n], np.full(n * steps, np.nan)]),
+        "act_change_rms": np.concatenate([numbers[:, 2 * n + 1], np.full(n * steps, np.nan)]),
+        "param_rms": np.concatenate([np.full(steps, np.nan), numbers[:, :n].ravel()]),
+        "update_rms": np.concatenate([np.full(steps, np.nan), update]),
+        "update_ratio": np.concatenate([np.full(steps, np.nan), ratio]),
+    })
+    out = pd.concat([*frames, extra], ignore_index=True).sort_values("step", kind="stable", ignore_index=True)
+    first = ["step", *probe.ID_COLUMNS]
+    return out[first + [c for c in out.columns if c not in first]]
