@@ -32,6 +32,7 @@ a task that reads a few of its outputs, as the coordinate check does, makes it a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import fields, is_dataclass, replace
@@ -44,6 +45,7 @@ from initcore.models.roles import RoledParam, param_roles
 
 OPTIMIZERS = ("adam", "adamw", "sgd")  # Adam-like (entrywise-normalized updates) or SGD-like
 READOUTS = ("scaled", "zero")  # the head's init: N(0, gain² base/fan_in²), or 0 (mup's readout_zero_init)
+QUERIES = ("scaled", "zero")  # the query projection's init: as every hidden matrix, or 0 (mup's query_zero_init)
 ATTN_SCALE = "1/d_head"
 
 
@@ -69,9 +71,37 @@ def _base_width(ctx: Context, fan_in: int) -> int:
     return base
 
 
+def _choice_option(ctx: Context, name: str, valid: tuple[str, ...]) -> str:
+    value = ctx.options[name]
+    if value not in valid:
+        raise ValueError(f"option {name} must be one of {', '.join(valid)}, got {value!r}")
+    return value
+
+
+def _check_options(ctx: Context) -> None:
+    """Every option checked on every model, so that a bad one fails whatever roles the model has."""
+    _base_width(ctx, 1)
+    _choice_option(ctx, "readout", READOUTS)
+    _choice_option(ctx, "query", QUERIES)
+
+
+def _mup_qkv(param: torch.Tensor, p: RoledParam, ctx: Context) -> None:
+    """q, k, v as hidden matrices, except q at 0 under ``query="zero"`` (whose projections are named)."""
+    zero_q = _choice_option(ctx, "query", QUERIES) == "zero"
+    if zero_q and len(p.parts) != p.chunks:
+        raise ValueError(f"query='zero' needs the q, k, v projections named: declare {p.name!r} as "
+                         f"('qkv', ('q', 'k', 'v')) or ('qkv', ('q',)) in its module's ROLES")
+    for part, w in zip(p.parts or ("",) * p.chunks, p.matrices(), strict=True):
+        if zero_q and part == "q":
+            nn.init.zeros_(w)
+        else:
+            _mup(w, p, ctx)
+
+
 @register("mup", "muP (Yang et al., 2021, Table 3): N(0, gain^2/fan_in), head N(0, gain^2*base/fan_in^2) or 0, "
           "embedding N(0, 1), attention logits 1/d_head; train with init.param_groups(model, 'mup', lr=..., "
-          "base_width=...)", options={"base_width": None, "readout": "scaled"}, takes_gain=True, config=mup_config)
+          "base_width=...)", options={"base_width": None, "readout": "scaled", "query": "scaled"}, takes_gain=True,
+          special={"qkv": _mup_qkv}, config=mup_config)
 def _mup(w: torch.Tensor, p: RoledParam, ctx: Context) -> None:
     r"""muP's init, Table 3 of Yang et al. (2021), by role.
 
@@ -82,23 +112,24 @@ def _mup(w: torch.Tensor, p: RoledParam, ctx: Context) -> None:
     g is the gain (1 unless given), b = ``base_width`` (default: the head's own fan-in, so that at the
     base width the head is N(0, g²/fan_in) as every other layer). The head's std falls as 1/width
     beyond it, so that the readout of O(1) coordinates starts at O(1/sqrt(width)) and moves by O(1)
-    per step. ``readout="zero"`` starts the head at 0 instead. Biases 0, norm weights 1 (the registry's).
+    per step. ``readout="zero"`` starts the head at 0 instead, ``query="zero"`` the query projection
+    (both recommended by the mup package's README, "Coord Check": they remove the output's and the
+    logits' O(1/sqrt(width)) start, which a coordinate check at small widths otherwise shows as a
+    slope). Biases 0, norm weights 1 (the registry's).
     """
+    _check_options(ctx)
     fan_out, fan_in = w.shape
     gain = 1.0 if ctx.gain is None else ctx.gain
     if p.role == "embedding":
         nn.init.normal_(w, 0.0, 1.0, generator=ctx.generator)  # nn.Embedding's own; its fan-in is no width
     elif p.role == "head":
-        readout = ctx.options["readout"]
-        if readout not in READOUTS:
-            raise ValueError(f"option readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        readout = _choice_option(ctx, "readout", READOUTS)
         base = _base_width(ctx, fan_in)
         if readout == "zero":
             nn.init.zeros_(w)
         else:
             nn.init.normal_(w, 0.0, gain * math.sqrt(base) / fan_in, generator=ctx.generator)
     else:
-        _base_width(ctx, fan_in)  # a bad base_width fails whatever the model
         nn.init.normal_(w, 0.0, gain / math.sqrt(fan_in), generator=ctx.generator)
 
 
@@ -128,6 +159,14 @@ def base_config(cfg, base_width: int):
                      f"(Transformer); got {type(cfg).__name__}")
 
 
+@functools.lru_cache(maxsize=64)
+def _shapes(family: type, cfg) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of ``family`` built from ``cfg``, on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = family.from_config(cfg)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
 def width_multipliers(model: nn.Module, base_width: int | None) -> dict[str, tuple[float, ...]]:
     """Per parameter name, the width multiplier of each of its dimensions: (m_in, m_out) for a matrix (its
     fan-in and fan-out, an embedding's transposed), (m,) for a vector, () for a scalar; 1 where a
@@ -136,10 +175,7 @@ def width_multipliers(model: nn.Module, base_width: int | None) -> dict[str, tup
     roles = param_roles(model)
     if base_width is None:
         return {p.name: (1.0,) * min(p.param.dim(), 2) for p in roles}
-    cfg = getattr(model, "config", None)
-    with torch.device("meta"):
-        base = type(model).from_config(base_config(cfg, base_width))
-    base_shapes = {name: tuple(p.shape) for name, p in base.named_parameters()}
+    base_shapes = _shapes(type(model), base_config(getattr(model, "config", None), base_width))
     heads = {p.name.removesuffix("weight") for p in roles if p.role == "head"}
     out = {}
     for p in roles:
