@@ -25,6 +25,7 @@ from torch import nn
 
 from initcore.models.roles import Role
 
+MIN_TORCH = "2.5"  # transformers 5.x disables its torch models below it (transformers/utils/import_utils.py)
 INSTALL = ("pip install 'initcore[zoo]' and then python scripts/install_zoo.py, which installs the torchvision "
            "built for your torch without replacing it (`make test` or `make bench` in a checkout does both)")
 
@@ -121,8 +122,10 @@ def require() -> str:
 
 
 def missing() -> str | None:
-    """None if transformers and torchvision are installed (found, not imported), else a line saying what is
-    missing and how to install it."""
+    """None if transformers and torchvision are installed (found, not imported) beside a torch they work
+    with, else a line saying what is missing and how to install it."""
+    if torch.__version__ < MIN_TORCH:
+        return f"torch {torch.__version__} is older than the {MIN_TORCH} that transformers' models need"
     absent = [name for name in ("transformers", "torchvision") if importlib.util.find_spec(name) is None]
     if not absent:
         return None

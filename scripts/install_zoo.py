@@ -3,6 +3,7 @@ the Python that runs this script, without ever replacing its torch.
 
     python scripts/install_zoo.py             # install; exit 1, loudly, if torch changed anyway
     python scripts/install_zoo.py --dry-run   # pip's plan only (its --dry-run --report); exit 1 if it holds torch
+    python scripts/install_zoo.py -q          # as make runs it
 
 Why a script and not ``pip install 'initcore[zoo]'`` with torchvision in the extra: a torchvision wheel pins
 the exact torch it was built against (torchvision 0.28.0 requires torch==2.13.0), so an unpinned or
@@ -34,6 +35,7 @@ EXTRA = "zoo"
 # 2.13.0 -> 0.28.0); the project needs torch >= 2.2 (pyproject), where the rule holds.
 TORCHVISION_MINOR_OFFSET = 15
 TORCHVISION_PURE_DEPS = ("numpy", "pillow")  # its Requires-Dist besides torch (0.28.0: numpy, torch, pillow)
+MIN_TORCH = (2, 5)  # transformers 5.x disables its torch models below torch 2.5 (utils/import_utils.py)
 
 
 class UsageError(Exception):
@@ -51,6 +53,16 @@ def torchvision_for(torch_version: str) -> str:
         raise UsageError(f"torch {torch_version}: the zoo pins torchvision for torch 2.N.P with N >= 2 "
                          f"(torchvision 0.(N+{TORCHVISION_MINOR_OFFSET}).P); give --torchvision SPEC")
     return f"0.{int(match.group(1)) + TORCHVISION_MINOR_OFFSET}.{match.group(2)}"
+
+
+def too_old(torch_version: str) -> bool:
+    """Whether ``torch_version`` is below MIN_TORCH, where transformers' GPT-2 would not load.
+
+    >>> too_old("2.2.2"), too_old("2.5.0"), too_old("2.13.0+cpu")
+    (True, False, False)
+    """
+    match = re.match(r"^(\d+)\.(\d+)", torch_version)
+    return bool(match) and (int(match.group(1)), int(match.group(2))) < MIN_TORCH
 
 
 def extra_requirements(pyproject: Path = ROOT / "pyproject.toml", extra: str = EXTRA) -> list[str]:
@@ -123,10 +135,17 @@ def main(argv: list[str] | None = None) -> int:
                         "built against the installed torch, torchvision==0.(N+15).P)")
     parser.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
                         help="an extra argument for every pip install (repeatable), e.g. --pip-arg=--no-index")
+    parser.add_argument("-q", "--quiet", action="store_true", help="pip -q, as make's other installs")
     args = parser.parse_args(argv)
+    if args.quiet:
+        args.pip_arg.append("-q")
     python = sys.executable
     try:
         before = installed_torch(python)
+        if too_old(before[0]):
+            print(f"install_zoo: torch {before[0]} is older than the {'.'.join(map(str, MIN_TORCH))} that transformers "
+                  f"needs: the zoo is not installed and the real models are skipped")
+            return 0
         torchvision = args.torchvision or f"torchvision=={torchvision_for(before[0])}"
         steps = plan(before[0], extra_requirements(), torchvision)
     except UsageError as exc:

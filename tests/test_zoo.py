@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from initcore import zoo
 
@@ -56,6 +57,14 @@ def test_torchvision_is_the_release_built_for_the_installed_torch(torch_version,
 def test_a_torch_outside_the_rule_asks_for_a_spec(torch_version):
     with pytest.raises(install_zoo.UsageError, match=r"give --torchvision SPEC"):
         install_zoo.torchvision_for(torch_version)
+
+
+@pytest.mark.parametrize("torch_version, old", [("2.2.2", True), ("2.4.1+cpu", True), ("2.5.0", False),
+                                                 ("2.13.0+cpu", False)])
+def test_a_torch_older_than_transformers_needs_gets_no_zoo(torch_version, old, monkeypatch):
+    assert install_zoo.too_old(torch_version) is old
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion(torch_version))
+    assert (zoo.missing() or "").startswith(f"torch {torch_version} is older than the 2.5") is old
 
 
 def test_the_extra_pins_transformers_and_leaves_torch_and_torchvision_out():
