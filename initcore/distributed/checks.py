@@ -3,10 +3,10 @@
 A sharded init can go wrong in ways a variance check does not see. For each parameter of the gathered
 model (``initcore.distributed.gather``):
 
-- ``distribution``: its values come from the strategy's distribution: a two-sample Kolmogorov-Smirnov
-  test against the same parameter of the one-process model drawn at another seed (so any strategy,
-  and a user's own init, has its target; the one-process rules are themselves KS-tested against their
-  exact formulas in tests/init);
+- ``distribution``: its values come from the strategy's distribution: a Kolmogorov-Smirnov test of each
+  matrix against the distribution the strategy declares for it (``init.promise``, where the recipe
+  names a strategy that declares one), else a two-sample test against the same parameter of the
+  one-process model drawn at another seed (so a user's own init has a target too);
 - ``independence``: no two ranks' shards are equal, their element-wise correlation is within what
   independent draws give, and every weight matrix has full rank;
 - ``identical``: bit-equal to the one-process model of the same seed; ``invariant``: bit-equal
@@ -70,6 +70,19 @@ def ks_2samp(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     d = float(np.abs(np.searchsorted(x, points, side="right") / n - np.searchsorted(y, points, side="right") / m).max())
     ne = n * m / (n + m)
     return d, kolmogorov_sf((math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d)
+
+
+def ks_1samp(sample: torch.Tensor, cdf: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
+    """One-sample Kolmogorov-Smirnov test of ``sample`` against the distribution with CDF ``cdf``: ``(D, p)``,
+    p the asymptotic Kolmogorov tail at (sqrt(n) + 0.12 + 0.11/sqrt(n)) D (Stephens' correction)."""
+    x = np.sort(sample.detach().cpu().double().flatten().numpy())
+    n = x.size
+    if n == 0:
+        raise ValueError("ks_1samp needs a non-empty sample")
+    f = np.asarray(cdf(x), dtype=np.float64)
+    ranks = np.arange(1, n + 1) / n
+    d = float(max((ranks - f).max(), (f - (ranks - 1 / n)).max()))
+    return d, kolmogorov_sf((math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * d)
 
 
 def normal_quantile(p: float) -> float:
@@ -294,7 +307,7 @@ def check(recipe: Recipe, world_sizes: Iterable[int] = WORLD_SIZES, *, seed: int
         one_process = runs[sizes[0]][0].full
         other_seed = _run(recipe, sizes[0], seed + 1, backend, timeout_s)[0].full
     name = getattr(recipe, "name", None) or getattr(recipe, "__qualname__", None) or repr(recipe)
-    return _report(str(name), sizes, runs, one_process, other_seed)
+    return _report(str(name), sizes, runs, one_process, other_seed, recipe)
 
 
 def _digest(t: torch.Tensor | None) -> bytes:
@@ -310,30 +323,57 @@ _PER_CONTENT: dict[tuple, tuple[bool, tuple[float, float], list[tuple[int, int]]
 _PER_CONTENT_MAX = 4096
 
 
-def _per_content(name: str, t: torch.Tensor, other: torch.Tensor | None,
-                 roles: Mapping[str, tuple]) -> tuple[bool, tuple[float, float], list[tuple[int, int]]]:
-    key = (name, roles.get(name), tuple(t.shape), _digest(t), _digest(other))
+def _per_content(name: str, t: torch.Tensor, other: torch.Tensor | None, roles: Mapping[str, tuple],
+                 targets: tuple | None) -> tuple[bool, tuple[float, float], list[tuple[int, int]]]:
+    """(drawn, (KS D, p), rank deficiencies) of one parameter. KS against ``targets`` (one declared
+    distribution per matrix: the largest D, and the smallest p times the number of matrices, Bonferroni)
+    where the strategy declares them, else against ``other``, the one-process draw at another seed."""
+    key = (name, roles.get(name), tuple(t.shape), _digest(t), _digest(other), targets)
     if key not in _PER_CONTENT:
-        drawn = is_random(t) and other is not None and is_random(other) and not bool(torch.isnan(t).any())
-        ks = ks_2samp(t, other) if drawn else (math.nan, math.nan)
+        drawn = is_random(t) and not bool(torch.isnan(t).any()) and (
+            targets is not None or (other is not None and is_random(other)))
+        ks = (math.nan, math.nan)
+        if drawn and targets is not None:
+            tests = [ks_1samp(m, target.cdf) for m, target in zip(matrices(name, t, roles), targets, strict=True)]
+            ks = max(d for d, _ in tests), min(1.0, len(tests) * min(p for _, p in tests))
+        elif drawn:
+            ks = ks_2samp(t, other)
         if len(_PER_CONTENT) >= _PER_CONTENT_MAX:
             _PER_CONTENT.clear()
         _PER_CONTENT[key] = (drawn, ks, rank_deficient(name, t, roles) if drawn else [])
     return _PER_CONTENT[key]
 
 
-def _report(recipe: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
-            one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor]) -> ShardReport:
+def declared_targets(recipe: Recipe, name: str, t: torch.Tensor, roles: Mapping[str, tuple]) -> tuple | None:
+    """The distribution the recipe's strategy declares for each matrix of parameter ``name``
+    (``recipe.promise``, see ``TransformerRecipe``), or None where it declares none."""
+    promise = getattr(recipe, "promise", None)
+    if promise is None or name not in roles or t.dim() < 2:  # a vector's law depends on its layer's fans
+        return None
+    role, chunks, _, parts, block = roles[name]
+    try:
+        return tuple(promise(role, m.shape[1], m.shape[0], block, parts[i] if i < len(parts) else "", chunks)
+                     for i, m in enumerate(matrices(name, t, roles)))
+    except ValueError:  # a strategy without declarations (see initcore.init.targets)
+        return None
+
+
+def _report(name: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
+            one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor],
+            recipe: Recipe) -> ShardReport:
     with _one_thread():
-        return _rows(recipe, sizes, runs, one_process, other_seed)
+        return _rows(name, sizes, runs, one_process, other_seed, recipe)
 
 
-def _rows(recipe: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
-          one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor]) -> ShardReport:
+def _rows(recipe_name: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
+          one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor],
+          recipe: Recipe) -> ShardReport:
     first = runs[sizes[0]][0].full
     roles = runs[sizes[0]][0].roles
+    targets = {n: declared_targets(recipe, n, t, roles) for n, t in first.items()}
+
     def per_content(n: str, t: torch.Tensor):
-        return _per_content(n, t, other_seed.get(n), roles)
+        return _per_content(n, t, other_seed.get(n), roles, targets[n])
 
     drawn = {(w, n): per_content(n, t)[0] for w in sizes for n, t in runs[w][0].full.items()}
     # Bonferroni over the report: one KS test per drawn parameter and world size (conservative where the
@@ -362,7 +402,7 @@ def _rows(recipe: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
                 "world_size": w, "name": n, "role": role, "shape": "x".join(map(str, t.shape)) or "scalar",
                 "layout": layout if layout == "local" else f"{layout} over {w}",
                 "std": float(t.double().std()) if t.numel() > 1 else math.nan,
-                "target_std": float(other.double().std()) if other is not None and other.numel() > 1 else math.nan,
+                "target_std": _target_std(targets[n], other),
                 "ks_d": d, "ks_p": p,
                 "max_r": ind.max_abs_r if ind else math.nan, "r_bound": bound,
                 "full_rank": (not deficient) if is_drawn and t.dim() >= 2 else None,
@@ -378,7 +418,14 @@ def _rows(recipe: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
         if results[0].poisoned == 0:
             notes.append(f"world size {w}: the recipe never called to_empty, so no memory was poisoned: "
                          "memory left uninitialized by its init would not show as NaN")
-    return ShardReport(recipe, pd.DataFrame(rows), failures, notes)
+    return ShardReport(recipe_name, pd.DataFrame(rows), failures, notes)
+
+
+def _target_std(targets: tuple | None, other: torch.Tensor | None) -> float:
+    """The declared std (pooled over a parameter's matrices), else the std of the one-process draw."""
+    if targets:
+        return math.sqrt(sum(t.variance for t in targets) / len(targets))
+    return float(other.double().std()) if other is not None and other.numel() > 1 else math.nan
 
 
 def _explain(where: str, row: Mapping, ind: Independence | None, bound: float, ks_alpha: float,
@@ -386,7 +433,7 @@ def _explain(where: str, row: Mapping, ind: Independence | None, bound: float, k
     out = []
     if row["distribution"] is False:
         out.append(f"{where}: not the strategy's distribution: KS D {row['ks_d']:.4g}, p {row['ks_p']:.2g} <= "
-                   f"{ks_alpha:.2g} (std {row['std']:.4g}, one process {row['target_std']:.4g})")
+                   f"{ks_alpha:.2g} (std {row['std']:.4g}, target {row['target_std']:.4g})")
     if ind and ind.equal_pairs:
         out.append(f"{where}: shards {', '.join(f'{i} and {j}' for i, j in ind.equal_pairs)} are equal")
     if ind and ind.max_abs_r > bound:

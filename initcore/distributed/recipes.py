@@ -124,6 +124,13 @@ class TransformerRecipe:
         """The same strategy on one process, unsharded, drawn from ``generator`` (the same for every sharding)."""
         return init.apply(Transformer.from_config(self.config), self.strategy, generator=generator)
 
+    def promise(self, role: str, fan_in: int, fan_out: int, block: int | None, part: str, chunks: int):
+        """The distribution the strategy declares for one matrix of this model (``init.promise``): the
+        checks' KS target."""
+        c = self.config
+        return init.promise(self.strategy, role, fan_in, fan_out, n_layers=c.n_layers, block=block,
+                            d_model=c.d_model, d_ff=c.d_ff, part=part, chunks=chunks)
+
     def reference_key(self) -> tuple:
         """What ``reference`` depends on: recipes with equal keys share their one-process models."""
         return ("initcore.TransformerRecipe", self.config, self.strategy)
