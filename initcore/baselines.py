@@ -15,12 +15,16 @@ stays behind on purpose: deleting it would let two writers lock different inodes
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
+import io
+import math
 import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -29,6 +33,7 @@ KEY = ["config", "layer", "statistic"]
 COLUMNS = [*KEY, "mean", "spread", "n_seeds", "scale"]
 SCALES = ("linear", "log")
 UPDATE_COMMAND = "pytest bench --update-baselines"
+CORRUPT_HINT = "the file is corrupt: restore it from version control or regenerate it"
 
 # Positive, scale-like statistics vary multiplicatively (a deeper layer is a product of gains), so
 # they are summarized and compared in log space: a statistic named exactly one of these words, or
@@ -56,6 +61,14 @@ MAX_REPORTED_ROWS = 40
 
 class BaselineMissing(LookupError):
     """No stored baseline for a configuration; the message says how to create one."""
+
+
+class BaselineCorrupt(ValueError):
+    """A baseline file that is not one: the one-line message names the file, the line and what is wrong."""
+
+    def __init__(self, path: str | os.PathLike, line: int, problem: str):
+        self.path, self.line, self.problem = Path(path), line, problem
+        super().__init__(f"{path}, line {line}: {problem}; {CORRUPT_HINT} (`{UPDATE_COMMAND}`)")
 
 
 class BaselineMismatch(AssertionError):
@@ -189,14 +202,81 @@ def assert_matches(measured: pd.DataFrame, baseline: pd.DataFrame, **kw) -> pd.D
 
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a baseline CSV; key and scale columns stay strings (layer "0" is not an int)."""
-    frame = pd.read_csv(
-        path,
-        dtype={c: str for c in [*KEY, "scale"]} | {"mean": float, "spread": float},
-        keep_default_na=False,  # a layer named "" (the root module) or "None" stays a string
-        na_values={"mean": ["nan"], "spread": ["nan"]},
+    """Read and validate a baseline CSV; key and scale columns stay strings (layer "0" is not an int).
+
+    Raises BaselineCorrupt, naming the line, for anything ``update`` would never have written: an empty
+    file, bytes that are not UTF-8 text, a header other than COLUMNS, a row with missing or extra fields,
+    an empty config or statistic, a mean that is not a finite number, a spread that is not a finite
+    number >= 0, n_seeds not a whole number >= 1, a scale not in SCALES, a key repeated.
+    """
+    data = Path(path).read_bytes()
+    if not data.strip():
+        raise BaselineCorrupt(path, 1, f"the file is empty; expected the header {','.join(COLUMNS)}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BaselineCorrupt(path, line, f"byte 0x{data[exc.start]:02x} is not UTF-8 text") from None
+    if "\0" in text:
+        raise BaselineCorrupt(path, text[: text.index("\0")].count("\n") + 1, "a NUL byte: this is not text")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    columns: dict[str, list] = {c: [] for c in COLUMNS}
+    seen: dict[tuple[str, str, str], int] = {}
+    try:
+        header = next(reader)
+        if header != COLUMNS:
+            missing = [c for c in COLUMNS if c not in header]
+            what = f"lacks column(s) {', '.join(missing)}" if missing else f"is {','.join(header)}"
+            raise BaselineCorrupt(path, 1, f"the header {what}; expected {','.join(COLUMNS)}")
+        for fields in reader:
+            if not fields:  # a blank line
+                continue
+            line = reader.line_num
+            if len(fields) != len(COLUMNS):
+                raise BaselineCorrupt(path, line, f"{len(fields)} fields, expected {len(COLUMNS)} "
+                                                  f"({','.join(COLUMNS)}): a truncated or garbled row")
+            row = _parse_row(fields)
+            if isinstance(row, str):
+                raise BaselineCorrupt(path, line, row)
+            key = row[:3]
+            if key in seen:
+                raise BaselineCorrupt(path, line, f"repeats the key (config, layer, statistic) {key} of line "
+                                                  f"{seen[key]}")
+            seen[key] = line
+            for column, value in zip(COLUMNS, row, strict=True):
+                columns[column].append(value)
+    except csv.Error as exc:
+        raise BaselineCorrupt(path, reader.line_num, f"not CSV ({exc})") from None
+    frame = pd.DataFrame(columns).astype(
+        {"config": str, "layer": str, "statistic": str, "mean": float, "spread": float, "n_seeds": "int64",
+         "scale": str}
     )
-    return _normalize(frame)
+    return _sort(frame)
+
+
+def _parse_row(fields: list[str]) -> tuple | str:
+    """The typed row, or what is wrong with it (a string)."""
+    config, layer, statistic, mean, spread, n_seeds, scale = fields
+    if not config:
+        return "the config is empty"
+    if not statistic:
+        return "the statistic is empty"
+    numbers = []
+    for name, text in (("mean", mean), ("spread", spread)):
+        try:
+            value = float(text)
+        except ValueError:
+            return f"{name} {text!r} is not a number"
+        if not math.isfinite(value):
+            return f"{name} is {text}, not a finite number"
+        numbers.append(value)
+    if numbers[1] < 0:
+        return f"spread {spread} is negative; a spread is a standard deviation, >= 0"
+    if not (n_seeds.isdigit() and int(n_seeds) >= 1):
+        return f"n_seeds {n_seeds!r} is not a whole number >= 1"
+    if scale not in SCALES:
+        return f"scale {scale!r} is not one of {', '.join(SCALES)}"
+    return config, layer, statistic, numbers[0], numbers[1], int(n_seeds), scale
 
 
 def load_config(path: str | os.PathLike, config: str) -> pd.DataFrame:
@@ -216,20 +296,69 @@ def update(path: str | os.PathLike, rows: pd.DataFrame) -> pd.DataFrame:
 
     Holds an exclusive flock on `<path>.lock` around read-merge-write, so parallel xdist workers
     updating the same file lose nothing; output is sorted, so it does not depend on their order.
+    An old file that is corrupt raises BaselineCorrupt (``replace_configs`` can drop it instead).
+    """
+    return replace_configs(path, rows, drop_corrupt=False).frame
+
+
+class Written(NamedTuple):
+    """What ``replace_configs`` wrote: the file's frame, and the problem of a corrupt old file it dropped."""
+
+    path: Path
+    frame: pd.DataFrame
+    replaced: int  # configurations written from the new rows
+    dropped: str | None
+
+    def describe(self) -> str:
+        kept = self.frame["config"].nunique() - self.replaced
+        line = f"{self.path}: {self.replaced} configuration(s) regenerated, {kept} kept as they were"
+        if self.dropped:
+            line += f"; the old file was corrupt ({self.dropped}), so only this run's configurations are in it"
+        return line
+
+
+def replace_configs(path: str | os.PathLike, rows: pd.DataFrame, *, drop_corrupt: bool = True) -> Written:
+    """Write the file once: the configurations of `rows`, and those of the old file that `rows` lacks.
+
+    Locked and atomic as ``update``. With `drop_corrupt`, an old file that is not a baseline file is
+    replaced by `rows` alone (``Written.dropped`` says why). `rows` must be storable (``check_storable``).
     """
     path = Path(path)
     rows = _normalize(rows)
+    check_storable(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
+    dropped = None
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            old = load(path) if path.exists() else rows.iloc[:0]
+            old = rows.iloc[:0]
+            if path.exists():
+                try:
+                    old = load(path)
+                except BaselineCorrupt as exc:
+                    if not drop_corrupt:
+                        raise
+                    dropped = f"line {exc.line}: {exc.problem}"
             kept = old[~old["config"].isin(set(rows["config"]))]
             merged = _normalize(pd.concat([kept, rows], ignore_index=True))
             _write_atomic(path, merged)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    return merged
+    return Written(path, merged, rows["config"].nunique(), dropped)
+
+
+def check_storable(rows: pd.DataFrame) -> None:
+    """ValueError naming the first row that ``load`` would refuse: a mean or spread that is not finite
+    (a seed measured NaN or an infinity), or a negative spread."""
+    mean, spread = rows["mean"].to_numpy(dtype=float), rows["spread"].to_numpy(dtype=float)
+    bad = ~np.isfinite(mean) | ~np.isfinite(spread) | (spread < 0)
+    if bad.any():
+        r = rows[bad].iloc[0]
+        raise ValueError(
+            f"cannot store a baseline for {r['config']!r}, layer {r['layer']!r}, {r['statistic']}: mean "
+            f"{r['mean']}, spread {r['spread']} ({int(bad.sum())} such row(s)); a baseline needs finite values "
+            f"at every seed: leave such a statistic out of the baseline, or assert it in the test instead"
+        )
 
 
 def _write_atomic(path: Path, frame: pd.DataFrame) -> None:

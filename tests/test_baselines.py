@@ -190,7 +190,7 @@ def test_csv_layout_round_trip_and_natural_order(tmp_path):
             row(layer="blocks.10.attn", mean=1 / 3, spread=1e-9),
             row(layer="10", statistic="dead_frac", mean=0.25, scale="linear"),
             row(layer="2", mean=-2.0, spread=0.0125),
-            row(layer="blocks.2.attn", mean=float("nan")),
+            row(layer="blocks.2.attn", mean=-46.0517, spread=0.25),
             row(config="b", layer="", mean=123456789.0),
         ]
     )
@@ -201,13 +201,104 @@ def test_csv_layout_round_trip_and_natural_order(tmp_path):
         "b,,act_std,1.23457e+08,0,8,log\n"
         "c,2,act_std,-2,0.0125,8,log\n"
         "c,10,dead_frac,0.25,0,8,linear\n"
-        "c,blocks.2.attn,act_std,nan,0,8,log\n"
+        "c,blocks.2.attn,act_std,-46.0517,0.25,8,log\n"
         "c,blocks.10.attn,act_std,0.333333,1e-09,8,log\n"
     )
     loaded = bl.load(first)
     assert loaded["layer"].tolist() == ["", "2", "10", "blocks.2.attn", "blocks.10.attn"]
+    assert [pd.api.types.is_string_dtype(loaded[c]) for c in bl.COLUMNS] == [True] * 3 + [False] * 3 + [True]
+    assert loaded.dtypes[["mean", "spread", "n_seeds"]].astype(str).tolist() == ["float64", "float64", "int64"]
     bl.update(second, loaded)
     assert second.read_bytes() == first.read_bytes()
+
+
+@pytest.mark.parametrize("mean, spread", [(float("nan"), 0.1), (float("inf"), 0.1), (0.0, float("nan")), (0.0, -0.1)])
+def test_rows_a_load_would_refuse_are_never_written(tmp_path, mean, spread):
+    path = tmp_path / "exp.csv"
+    bl.update(path, pd.DataFrame([row(layer="0")]))
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="cannot store a baseline for 'c', layer '1', act_std"):
+        bl.update(path, pd.DataFrame([row(layer="0"), row(layer="1", mean=mean, spread=spread)]))
+    assert path.read_bytes() == before
+
+
+GOOD = (
+    "config,layer,statistic,mean,spread,n_seeds,scale\n"
+    "c,layers.0,act_std,-0.5,0.01,16,log\n"
+    "c,layers.0,dead_frac,0.5,0.02,16,linear\n"
+    "c,layers.1,act_std,-0.7,0.01,16,log\n"
+)
+
+# Each corruption of the issue's list (and a few more), as bytes, with the line and the words that name it.
+CORRUPTIONS = {
+    "empty file": (b"", 1, "the file is empty"),
+    "blank file": (b"\n\n", 1, "the file is empty"),
+    "garbage bytes": (GOOD.encode()[:60] + bytes(range(0x80, 0xA0)) + GOOD.encode()[60:], 2, "not UTF-8"),
+    "NUL bytes": (GOOD.encode() + b"\0\0\0\0", 5, "NUL"),
+    "truncated row": (GOOD.encode()[: GOOD.index("0.02,16") + 3], 3, "5 fields, expected 7"),
+    "truncated scale": (GOOD[:-3].encode(), 4, "scale 'l' is not one of linear, log"),
+    "missing column": (GOOD.replace(",spread", "").encode(), 1, "lacks column(s) spread"),
+    "renamed column": (GOOD.replace(",scale", ",kind").encode(), 1, "lacks column(s) scale"),
+    "reordered columns": (GOOD.replace("mean,spread", "spread,mean").encode(), 1,
+                          "header is config,layer,statistic,spread,mean"),
+    "duplicate rows": ((GOOD + "c,layers.0,dead_frac,0.5,0.02,16,linear\n").encode(), 5,
+                       "repeats the key (config, layer, statistic) ('c', 'layers.0', 'dead_frac') of line 3"),
+    "NaN mean": (GOOD.replace("-0.7,", "nan,").encode(), 4, "mean is nan, not a finite number"),
+    "infinite mean": (GOOD.replace("-0.7,", "-inf,").encode(), 4, "mean is -inf, not a finite number"),
+    "NaN spread": (GOOD.replace("0.5,0.02", "0.5,NaN").encode(), 3, "spread is NaN, not a finite number"),
+    "infinite spread": (GOOD.replace("0.5,0.02", "0.5,inf").encode(), 3, "spread is inf, not a finite number"),
+    "negative spread": (GOOD.replace("0.5,0.02", "0.5,-0.02").encode(), 3, "spread -0.02 is negative"),
+    "mean not a number": (GOOD.replace("-0.7,", "abc,").encode(), 4, "mean 'abc' is not a number"),
+    "bad n_seeds": (GOOD.replace("0.02,16", "0.02,1.5").encode(), 3, "n_seeds '1.5' is not a whole number"),
+    "zero n_seeds": (GOOD.replace("0.02,16", "0.02,0").encode(), 3, "n_seeds '0' is not a whole number >= 1"),
+    "bad scale": (GOOD.replace("linear", "lin").encode(), 3, "scale 'lin' is not one of linear, log"),
+    "empty config": (GOOD.replace("c,layers.1", ",layers.1").encode(), 4, "the config is empty"),
+    "unterminated quote": (GOOD.encode() + b'"c,layers.2,act_std,0,0,16,log\n', 5, "1 fields, expected 7"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_a_corrupt_file_is_one_line_naming_file_line_and_problem(tmp_path, name):
+    data, line, words = CORRUPTIONS[name]
+    path = tmp_path / "exp.csv"
+    path.write_bytes(data)
+    with pytest.raises(bl.BaselineCorrupt) as info:
+        bl.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}, line {line}: "), message
+    assert words in message, message
+    assert "the file is corrupt: restore it from version control or regenerate it" in message
+    assert "\n" not in message and "moved" not in message
+    assert (info.value.path, info.value.line) == (path, line)
+    with pytest.raises(bl.BaselineCorrupt):
+        bl.load_config(path, "c")
+    with pytest.raises(bl.BaselineCorrupt):  # update keeps what it cannot read: it refuses
+        bl.update(path, pd.DataFrame([row(config="d")]))
+    assert path.read_bytes() == data
+
+
+def test_the_good_file_loads(tmp_path):
+    path = tmp_path / "exp.csv"
+    path.write_text(GOOD)
+    frame = bl.load(path)
+    assert frame[["layer", "statistic", "mean"]].values.tolist() == [
+        ["layers.0", "act_std", -0.5], ["layers.0", "dead_frac", 0.5], ["layers.1", "act_std", -0.7]]
+    path.write_text(GOOD.rstrip("\n"))  # no newline after the last row is not corrupt
+    assert len(bl.load(path)) == 3
+    path.write_text(GOOD.splitlines()[0] + "\n")  # a header alone: a file with no configuration
+    assert bl.load(path).empty
+    with pytest.raises(bl.BaselineMissing, match="no baseline for configuration 'c'"):
+        bl.load_config(path, "c")
+
+
+def test_replace_configs_drops_a_corrupt_file_and_says_so(tmp_path):
+    path = tmp_path / "exp.csv"
+    path.write_bytes(CORRUPTIONS["truncated row"][0])
+    written = bl.replace_configs(path, pd.DataFrame([row(config="d")]))
+    assert bl.load(path)["config"].tolist() == ["d"]
+    assert written.dropped == "line 3: 5 fields, expected 7 (config,layer,statistic,mean,spread,n_seeds,scale): " \
+                              "a truncated or garbled row"
+    assert "the old file was corrupt" in written.describe() and "1 configuration(s) regenerated" in written.describe()
 
 
 def test_update_replaces_same_config_and_keeps_others(tmp_path):

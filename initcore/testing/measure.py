@@ -317,33 +317,56 @@ class Baselines:
     """The store of one session: reads ``<directory>/<experiment>.csv``, or regenerates it.
 
     With ``update``, ``rows`` measures the configuration at every seed of ``BASELINE_SEEDS`` (through
-    the ``remeasure`` callback), summarizes, and, if ``write``, merges the rows into the file (atomic,
-    flock-guarded: safe under pytest-xdist). Results are cached per (experiment, config, tag).
+    the ``remeasure`` callback, one seed at a time: only the tidy rows of each seed are kept) and
+    summarizes; if ``write``, the rows are staged, and ``flush`` writes each staged file once, merged
+    with the configurations of the old file that this session did not measure (atomic, flock-guarded).
+    So an interrupted session, which does not flush, leaves every file as it was, and a finished one
+    replaces each file it touched whole. Results are cached per (experiment, config, tag).
     """
 
-    def __init__(self, directory: str | Path, *, update: bool = False, seeds: Iterable[int] = BASELINE_SEEDS) -> None:
+    def __init__(self, directory: str | Path, *, update: bool = False, seeds: Iterable[int] = BASELINE_SEEDS,
+                 on_check: Callable[[str, str, str, int], None] | None = None) -> None:
         self.directory = Path(directory)
         self.update = update
         self.seeds = tuple(seeds)
+        self.on_check = on_check  # (experiment, config, device, statistics compared), for the run's summary
         self._rows: dict[tuple[str, str, str], pd.DataFrame] = {}
+        self.staged: dict[str, dict[str, pd.DataFrame]] = {}  # experiment -> config -> rows to write
 
     def path(self, experiment: str) -> Path:
         return self.directory / f"{experiment}.csv"
 
     def rows(self, experiment: str, config: str, remeasure: Remeasure, *, write: bool = True,
              tag: str = "") -> pd.DataFrame:
-        """The baseline rows of ``config``; raises ``baselines.BaselineMissing`` when there are none."""
+        """The baseline rows of ``config``; raises ``baselines.BaselineMissing`` when there are none and
+        ``baselines.BaselineCorrupt`` for a file that is not a baseline file."""
         key = (experiment, config, tag if self.update else "")
         if key not in self._rows:
             if self.update:
                 with one_thread():
                     rows = baselines.summarize([remeasure(s) for s in self.seeds], config)
                 if write:
-                    baselines.update(self.path(experiment), rows)
+                    self.stage(experiment, rows)
             else:
                 rows = baselines.load_config(self.path(experiment), config)
             self._rows[key] = rows
         return self._rows[key]
+
+    def stage(self, experiment: str, rows: pd.DataFrame) -> None:
+        """Hold ``rows`` (of one or more configurations) for ``flush``, replacing any staged before."""
+        for config, part in rows.groupby("config", sort=False):
+            self.staged.setdefault(experiment, {})[str(config)] = part.reset_index(drop=True)
+
+    def flush(self) -> list[str]:
+        """Write every staged file once (``baselines.replace_configs``) and forget what was staged; one line
+        per file written, saying how many configurations it holds and whether a corrupt old file was dropped."""
+        lines = []
+        for experiment in sorted(self.staged):
+            rows = pd.concat(list(self.staged[experiment].values()), ignore_index=True)
+            result = baselines.replace_configs(self.path(experiment), rows)
+            lines.append(result.describe())
+        self.staged.clear()
+        return lines
 
 
 class BaselineCheck:
@@ -365,12 +388,16 @@ class BaselineCheck:
         stats = statistics or statistics_for(run)
 
         def remeasure(seed: int) -> pd.DataFrame:
-            return tidy(self.cache.get(measure, run, seed, self.device), stats)
+            # Not through the session's cache: each seed's frame is needed once, here, and 16 of them for
+            # every configuration would be memory the session holds to its end for nothing.
+            return tidy(measure(run, seed, self.device), stats)
 
         try:
             return self.store.rows(experiment, run.key, remeasure, write=self.writer, tag=self.device)
         except baselines.BaselineMissing as exc:
             message = f"{experiment}: {exc}"
+        except baselines.BaselineCorrupt as exc:
+            message = str(exc)
         pytest.fail(message, pytrace=False)  # outside the except: no "During handling..." chain in the report
 
     def check(self, experiment: str, run: Run, frame: pd.DataFrame, *, measure: MeasureFn = measure,
@@ -378,7 +405,9 @@ class BaselineCheck:
         stats = statistics or statistics_for(run)
         rows = self.rows(experiment, run, measure=measure, statistics=stats)
         try:
-            baselines.assert_matches(tidy(frame, stats).assign(config=run.key), rows)
+            compared = baselines.assert_matches(tidy(frame, stats).assign(config=run.key), rows)
+            if self.store.on_check is not None:
+                self.store.on_check(experiment, run.key, self.device, len(compared))
             return rows
         except baselines.BaselineMismatch as exc:
             message = f"{experiment} ({self.store.path(experiment)}), {self.device}: {exc}"

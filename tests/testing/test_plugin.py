@@ -116,3 +116,106 @@ def pytest_unconfigure(config):
     ])
     result.stdout.no_fnmatch_line("*Traceback*")
     result.stdout.no_fnmatch_line("*During handling*")
+
+
+# --- usage errors, corrupt files, the summary, what an update writes and when ----------------------------
+
+
+@pytest.mark.parametrize("value, words", [("18446744073709551616", "out of range"), ("-1", "out of range"),
+                                          ("2**64", "not a whole number"), ("1e3", "not a whole number")])
+def test_a_bad_seed_is_one_usage_error_naming_the_option_and_range(suite, value, words):
+    result = run(suite, "--seed", value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.strip()]
+    assert len(errors) == 1, result.stderr.lines
+    assert "--seed" in errors[0] and words in errors[0] and "0 .. 2**63 - 1" in errors[0], errors[0]
+    assert "Traceback" not in result.stderr.str() and result.stdout.str().count("\n") < 5
+
+
+def test_the_largest_seed_runs(suite):
+    run(suite, "--seed", str(2**63 - 1), "-k", "test_seed").assert_outcomes(passed=1, deselected=2)
+
+
+def test_baselines_dir_that_is_not_a_directory_is_a_usage_error(suite, tmp_path):
+    result = run(suite, f"--baselines-dir={tmp_path / 'absent'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--baselines-dir *absent: no such directory (--update-baselines creates it)"])
+    (tmp_path / "file").write_text("")
+    result = run(suite, f"--baselines-dir={tmp_path / 'file'}", "--update-baselines")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--baselines-dir *file: not a directory"])
+
+
+def test_a_corrupt_baseline_fails_with_one_line_and_an_update_replaces_it(suite, tmp_path):
+    where = tmp_path / "store"
+    run(suite, "--device", "cpu", "--update-baselines", f"--baselines-dir={where}").assert_outcomes(passed=2)
+    good = (where / "tiny.csv").read_bytes()
+    (where / "tiny.csv").write_bytes(good[:-30])  # the last row cut short
+    result = run(suite, "--device", "cpu", f"--baselines-dir={where}", "-k", "test_tiny")
+    result.assert_outcomes(failed=1)
+    lines = [line for line in result.stdout.lines if "the file is corrupt" in line]
+    assert len(lines) == 1 and f"{where / 'tiny.csv'}, line " in lines[0], result.stdout.str()
+    assert "restore it from version control or regenerate it" in lines[0]
+    result.stdout.no_fnmatch_line("*Traceback*")
+    result.stdout.no_fnmatch_line("*moved*")
+    result = run(suite, "--device", "cpu", "--update-baselines", f"--baselines-dir={where}", "-k", "test_tiny")
+    result.assert_outcomes(passed=1, deselected=2)
+    summary = " ".join(line.strip() for line in result.stdout.lines)  # the summary wraps to the terminal's width
+    assert "tiny.csv: 1 configuration(s) regenerated, 0 kept as they were; the old file was corrupt (line " in summary
+    assert (where / "tiny.csv").read_bytes() == good
+
+
+INTERRUPTING = SUITE + '''
+
+def test_zz_interrupt():
+    raise KeyboardInterrupt
+'''
+
+
+def test_an_interrupted_update_leaves_every_file_as_it_was(suite, tmp_path):
+    where = tmp_path / "store"
+    run(suite, "--device", "cpu", "--update-baselines", f"--baselines-dir={where}").assert_outcomes(passed=2)
+    before = (where / "tiny.csv").read_bytes()
+    # a different configuration of the same experiment, then an interrupt before the run ends
+    suite.makepyfile(test_suite=INTERRUPTING.replace('"relu"), "kaiming_normal"', '"tanh"), "kaiming_normal"'))
+    result = suite.runpytest_inprocess("-p", "no:cacheprovider", "--device", "cpu", "--update-baselines",
+                                       f"--baselines-dir={where}", no_reraise_ctrlc=True)  # not into this run
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    summary = " ".join(line.strip() for line in result.stdout.lines)
+    assert "baselines NOT written: the run did not finish (exit status 2)" in summary
+    assert (where / "tiny.csv").read_bytes() == before
+    # the same run, finished: the file gains the tanh configuration next to the relu one, in one write
+    suite.makepyfile(test_suite=SUITE.replace('"relu"), "kaiming_normal"', '"tanh"), "kaiming_normal"'))
+    result = run(suite, "--device", "cpu", "--update-baselines", f"--baselines-dir={where}")
+    summary = " ".join(line.strip() for line in result.stdout.lines)
+    assert "tiny.csv: 1 configuration(s) regenerated, 1 kept as they were" in summary
+    from initcore import baselines
+
+    assert sorted(set(baselines.load(where / "tiny.csv")["config"])) == [
+        "mlp-relu-d3-w8-in8-b32/kaiming_normal", "mlp-tanh-d3-w8-in8-b32/kaiming_normal"]
+
+
+SUMMARY_SUITE = SUITE + '''
+
+def test_adds_a_line(summary_line):
+    summary_line("probe overhead: trace / bare 1.31 (a line from a test)")
+'''
+
+
+def test_the_end_of_run_summary(suite, tmp_path):
+    where = tmp_path / "store"
+    suite.makepyfile(test_suite=SUMMARY_SUITE)
+    run(suite, "--update-baselines", f"--baselines-dir={where}", "-k", "test_tiny")
+    result = run(suite, f"--baselines-dir={where}")
+    result.assert_outcomes(passed=3, skipped=0 if cuda_available() else 1)
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "initcore" in line and line.startswith("-"))
+    summary = lines[start + 1:]
+    assert any(line.startswith("baselines: ") and "statistics of 1 configurations in 1 experiments" in line
+               and "on cpu" in line for line in summary), summary
+    assert "probe overhead: trace / bare 1.31 (a line from a test)" in summary
+    if not cuda_available():
+        assert sum("cuda: 1 cases skipped, no CUDA device here" in line for line in summary) == 1
+    assert all(len(line) <= 120 for line in summary)
+    # the line is at the end, not in the middle of the progress dots
+    assert not any("probe overhead" in line for line in lines[:start])
