@@ -151,11 +151,12 @@ def given(args: argparse.Namespace) -> set[str]:
     return set(getattr(args, "given_options", ()))
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, default_model: str | None = "mlp",
+                      model_help: str = "default mlp") -> None:
     """The options that choose a model, its init and its inputs (``trace``, ``diagnose``, ``report``)."""
     g = parser.add_argument_group("model and init")
-    g.add_argument("--model", type=model_name, action=Given, default="mlp", metavar="NAME|MODULE:FACTORY",
-                   help=f"{', '.join(MODELS)} (default mlp), or package.module:factory, a callable of yours "
+    g.add_argument("--model", type=model_name, action=Given, default=default_model, metavar="NAME|MODULE:FACTORY",
+                   help=f"{', '.join(MODELS)} ({model_help}), or package.module:factory, a callable of yours "
                         "returning an nn.Module or (nn.Module, inputs), called as factory(seed) if it takes an "
                         "argument, else factory(); the current folder is importable")
     g.add_argument("--init", type=strategy, action=Given, default=None, metavar="NAME",
@@ -226,13 +227,20 @@ def trace_model(args: argparse.Namespace, model: torch.nn.Module, inputs) -> tup
     from initcore import probe
 
     loss = default_loss(args)
+    check_select(args, model)
+    return probe.trace(model, inputs, loss=loss, select=args.select), loss
+
+
+def check_select(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """Raise ValueError, naming ``--select``, unless it matches some module of ``model``."""
+    from initcore import probe
+
     if args.select is not None:
         try:
-            probe.points(model, args.select)  # matches something: checked before the pass, named in the error
+            probe.points(model, args.select)
         except ValueError as e:
             raise ValueError(f"--select {args.select if isinstance(args.select, str) else ','.join(args.select)}: "
                              f"{e}") from None
-    return probe.trace(model, inputs, loss=loss, select=args.select), loss
 
 
 def model_kind(args: argparse.Namespace) -> str:

@@ -7,18 +7,31 @@ import os
 import sys
 from pathlib import Path
 
-from initcore.cli._common import seed
+import torch
+
+from initcore.cli._common import (
+    add_model_options,
+    add_probe_options,
+    build_model_and_inputs,
+    check_select,
+    default_loss,
+    describe,
+    given,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "report", help="the notebook's figures from the probe, with theory, as PNGs and an index.html",
-        description="Run the experiments of initcore.experiments, write each figure as DIR/<name>.png with its "
-                    "table as DIR/<name>.csv, and DIR/index.html to open in a browser. Needs matplotlib "
-                    "(pip install 'initcore[plot]').",
+        "report", help="the figures of every experiment, or of one model, with theory and baselines, as a page",
+        description="Without --model: run the experiments of initcore.experiments and draw each with its theory "
+                    "and the baselines' seed band. With --model (a built-in name or package.module:factory, with "
+                    "the options of `initcore trace`): draw that model's rows. Each figure is DIR/<name>.png "
+                    "beside its table DIR/<name>.csv; DIR/index.html opens in a browser, with a summary of what "
+                    "passed at the top. Needs matplotlib (pip install 'initcore[plot]').",
         epilog="Exit status: 0 when written, 2 on bad input or without matplotlib.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created if missing)")
-    p.add_argument("--seed", type=seed, default=0, help="seeds weights and inputs (default 0)")
+    add_model_options(p, default_model=None, model_help="default: none, the experiments")
+    add_probe_options(p, "the model's")
     return p
 
 
@@ -45,12 +58,31 @@ def run(args: argparse.Namespace) -> int:
     from initcore import report
 
     check_out(args.out)
+    if args.model is None:
+        typed = sorted(given(args) - {"--seed"}) + [o for o in ("--loss", "--select") if getattr(args, o[2:])]
+        if typed:
+            raise ValueError(f"{', '.join(typed)} {'needs' if len(typed) == 1 else 'need'} --model: without it "
+                             "the report draws initcore's experiments, whose models and inputs are their own")
+    # One intra-op thread: the report's tensors are small, and on this 2-core machine two threads spin more
+    # than they compute (a whole report: 28.5 s of CPU on one thread against 74 s on two, 2:27 against 6:27
+    # wall on a loaded machine, 2026-12-03). Restored afterwards, for callers of main() in-process.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        index = report.write_report(args.out, seed=args.seed)
+        report.require_matplotlib()  # before building a model or running anything
+        if args.model is None:
+            index = report.write_report(args.out, seed=args.seed)
+        else:
+            model, inputs = build_model_and_inputs(args)
+            check_select(args, model)
+            index = report.write_model_report(args.out, describe(args, model, inputs), model, inputs,
+                                              loss=default_loss(args), select=args.select, seed=args.seed)
     except report.PlottingUnavailable as e:
         print(f"initcore: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an unwritable --out
         raise ValueError(f"--out {args.out}: {e.strerror or e}") from None
+    finally:
+        torch.set_num_threads(threads)
     print(f"wrote {index} (open it in a browser)")
     return 0

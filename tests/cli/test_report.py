@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import pandas as pd
 import pytest
 
 from initcore import cli, report
@@ -15,7 +16,8 @@ pytest.importorskip("matplotlib")
 
 def test_cli_report_writes_the_page(tmp_path, monkeypatch, capsys):
     seeds = []
-    monkeypatch.setattr(report, "collect", lambda seed, runs=None: seeds.append(seed) or [])  # what is drawn: above
+    # what is drawn is tests/report's; here, that the command runs the collection with its seed
+    monkeypatch.setattr(report, "collect", lambda seed, runs=None, bands=None: seeds.append(seed) or [])
     assert cli.main(["report", "--out", str(tmp_path / "r"), "--seed", "1"]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'r' / 'index.html'} (open it in a browser)\n"
     assert "seed 1" in (tmp_path / "r" / "index.html").read_text()
@@ -90,3 +92,43 @@ def test_out_unwritable_by_permissions_is_refused(tmp_path, capsys, nothing_runs
 def test_seed_out_of_range_names_the_option(tmp_path, capsys, nothing_runs):
     err = _error(capsys, ["report", "--out", str(tmp_path / "r"), "--seed", str(2**64)])
     assert "argument --seed: must be an integer in 0..18446744073709551615" in err
+
+
+def test_model_options_need_a_model(tmp_path, capsys, nothing_runs):
+    err = _error(capsys, ["report", "--out", str(tmp_path / "r"), "--width", "8", "--init", "xavier_uniform"])
+    assert err == "initcore: error: --init, --width need --model: without it the report draws initcore's " \
+                  "experiments, whose models and inputs are their own\n"
+    err = _error(capsys, ["report", "--out", str(tmp_path / "r"), "--select", "blocks"])
+    assert "--select needs --model" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_of_a_built_in_model(tmp_path, capsys, nothing_runs):
+    out = tmp_path / "r"
+    assert cli.main(["report", "--out", str(out), "--model", "mlp", "--width", "16", "--depth", "3", "--batch",
+                     "32", "--activation", "relu", "--init", "kaiming_normal"]) == 0
+    assert capsys.readouterr().out == f"wrote {out / 'index.html'} (open it in a browser)\n"
+    page = (out / "index.html").read_text()
+    assert "Signal propagation at initialization: mlp 16-&gt;16 x3 relu, init kaiming_normal" in page
+    assert {p.name for p in out.glob("*.png")} == {"model_scale.png", "model_grad.png", "model_fractions.png",
+                                                   "model_channels.png"}
+    trace = pd.read_csv(out / "model_trace.csv")
+    assert trace["module"].tolist() == ["layers.0", "layers.1", "layers.2"]
+
+
+def test_report_of_a_model_of_yours(tmp_path, capsys, monkeypatch, nothing_runs):
+    name = f"report_model_{abs(hash(tmp_path.name))}"
+    (tmp_path / f"{name}.py").write_text("from torch import nn\n\ndef build():\n    return nn.Sequential("
+                                         "nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert cli.main(["report", "--out", "r", "--model", f"{name}:build", "--input-shape", "32,8"]) == 0
+    assert capsys.readouterr().out == "wrote r/index.html (open it in a browser)\n"
+    trace = pd.read_csv(tmp_path / "r" / "model_trace.csv")
+    assert trace["kind"].tolist() == ["linear", "tanh", "linear"]
+    err = _error(capsys, ["report", "--out", "r2", "--model", f"{name}:missing", "--input-shape", "32,8"])
+    assert f"--model {name}:missing: {name} has no attribute 'missing'" in err
+    err = _error(capsys, ["report", "--out", "r2", "--model", f"{name}:build", "--input-shape", "32,8",
+                          "--select", "nothing*"])
+    assert "--select nothing*: Sequential has no module matching" in err
+    assert not (tmp_path / "r2").exists()
