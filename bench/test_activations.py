@@ -57,9 +57,7 @@ def baseline_rows(name, baseline):
 
 
 def mean_field(run) -> dict[str, np.ndarray]:
-    gain = run.gain if isinstance(run.gain, float) else None
-    sigma_w2 = run.model.width * theory.init_variance(run.init, run.model.width, run.model.width, gain)
-    return theory.mlp_mean_field(run.model.activation, run.model.depth, sigma_w2)
+    return theory.mlp_mean_field(run.model.activation, run.model.depth, run.sigma_w2())
 
 
 def predicted_ratio(run) -> float:

@@ -44,9 +44,9 @@ def logit_std(run: TransformerRun) -> float:
     d = cfg.d_model
 
     def var(part: str) -> float:
-        return experiments.promised_variance(run.init, "qkv", d, d, 0, cfg.n_layers, part)
+        return run.promised("qkv", 0, part).variance
 
-    v = experiments.promised_variance(run.init, "embedding", cfg.vocab_size, d, 0, cfg.n_layers)
+    v = run.promised("embedding").variance
     m2 = v / (v + EPS) if cfg.norm_position == "pre" else v
     return d * math.sqrt(var("q") * var("k")) * m2
 

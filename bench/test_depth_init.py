@@ -3,7 +3,7 @@
 A 10-layer tanh MLP, 512 wide, batch 64, loss = mean of the output, under normal:0.01 (too small),
 normal:1.0 (too large), Xavier and He (``experiments.DEPTH_RUNS``). Each shows what the notebook says it
 shows, in numbers from the mean-field theory (``theory.mlp_mean_field`` with sigma_w^2 = fan_in * Var(w)
-from ``theory.init_variance``), and every layer's stds lie in a band around that theory whose width is
+the strategy declares, ``run.sigma_w2()``), and every layer's stds lie in a band around that theory whose width is
 the finite-width seed spread stored with the baseline (``measure.theory_tolerance``).
 """
 
@@ -63,7 +63,7 @@ def test_too_small_vanishes(trace_run):
     layer multiplies the std by sigma_w = 0.226: after 10 layers 0.226^10 ~ 3e-7. The gradients of the
     weights vanish with it (the notebook's "< 1e-6" rule)."""
     frame = linear(trace_run(RUNS["too_small"]))
-    sigma_w = math.sqrt(WIDTH * theory.init_variance("normal:0.01", WIDTH, WIDTH))
+    sigma_w = math.sqrt(WIDTH * RUNS["too_small"].promised(1).variance)
     ratios = frame["act_std"].to_numpy()[1:] / frame["act_std"].to_numpy()[:-1]
     # +-10% around sigma_w: the seed spread of one layer's ratio is ~0.5% (log), so this is ~20 spreads wide.
     assert np.all(np.abs(np.log(ratios / sigma_w)) < 0.1), f"per-layer act_std ratios {ratios}, theory {sigma_w:.4f}"
@@ -79,7 +79,7 @@ def test_too_large_saturates_and_explodes(trace_run):
     the input explode too (chi = 512 E[tanh'(h)^2] ~ 15 per layer backwards)."""
     run = RUNS["too_large"]
     frame = linear(trace_run(run))
-    mf = theory.mlp_mean_field("tanh", 10, WIDTH * theory.init_variance(run.init, WIDTH, WIDTH))
+    mf = theory.mlp_mean_field("tanh", 10, run.sigma_w2())
     assert mf["saturated_frac"][1] > 0.9 and mf["preact_std"][1] > 20  # what the theory says
     hid = hidden(trace_run(run))
     assert (hid["saturated_frac"] > 0.9).all(), hid["saturated_frac"].tolist()

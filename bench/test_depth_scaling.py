@@ -3,7 +3,8 @@
 In a pre-norm block x <- x + f(norm(x)) the branch f sees a normalized input, so its output variance does
 not depend on the stream, and at init it is uncorrelated with it: variances add
 (``theory.residual_variance``). Each branch's variance follows from the strategy's per-role weight
-variances (``experiments.promised_variance``, written from the papers):
+variances (``run.promised(role)``: each strategy's own declaration, which tests/init/test_targets.py
+checks its rule against and tests/init/test_modern_strategies.py against the papers' formulas):
 
 - feed-forward (ReLU, zero biases): its input n = LayerNorm(x) has |n|^2 = d m2 per token, with
   m2 = v / (v + eps) for a stream of variance v (LayerNorm's eps = 1e-5 matters for the 0.02-std inits,
@@ -53,8 +54,8 @@ def _trace(run: TransformerRun, seed: int, device: str) -> pd.DataFrame:
     return probe.trace(model, inputs, run.loss)
 
 
-def _var(run: TransformerRun, role: str, fan_in: int, fan_out: int, block: int = 0, part: str = "") -> float:
-    return experiments.promised_variance(run.init, role, fan_in, fan_out, block, run.model.n_layers, part)
+def _var(run: TransformerRun, role: str, block: int = 0, part: str = "") -> float:
+    return run.promised(role, block, part).variance
 
 
 def _m2(v: float) -> float:
@@ -65,17 +66,17 @@ def _m2(v: float) -> float:
 def ffn_variance(run: TransformerRun, block: int, m2: float = 1.0) -> float:
     """Var of a ReLU feed-forward's output for an input of mean square m2 per coordinate."""
     d, ff = run.model.d_model, run.model.d_ff
-    return ff * _var(run, "mlp_out", ff, d, block) * d * _var(run, "mlp_in", d, ff, block) * m2 / 2
+    return ff * _var(run, "mlp_out", block) * d * _var(run, "mlp_in", block) * m2 / 2
 
 
 def attn_scale(run: TransformerRun, block: int) -> float:
     """d^2 Var(W_v) Var(W_o): the attention branch variance is this times C, C in [0, m2]."""
     d = run.model.d_model
-    return d * d * _var(run, "qkv", d, d, block, "v") * _var(run, "attn_out", d, d, block)
+    return d * d * _var(run, "qkv", block, "v") * _var(run, "attn_out", block)
 
 
 def embedding_variance(run: TransformerRun) -> float:
-    return _var(run, "embedding", run.model.vocab_size, run.model.d_model)
+    return _var(run, "embedding")
 
 
 def stream(run: TransformerRun, attn: np.ndarray | float) -> float:

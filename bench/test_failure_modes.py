@@ -80,7 +80,7 @@ def test_vanishing(trace_run):
     and every weight gradient, scaled by it, is far below the 1e-6 of the guide (~1e-22, partly lost to
     float32 underflow near the input). Half the units are zero, as for any zero-bias ReLU: not dead."""
     frame = linear(trace_run(RUNS["vanishing"]))
-    per_layer = math.sqrt(theory.init_variance("normal:0.001", WIDTH, WIDTH) * WIDTH / 2)
+    per_layer = math.sqrt(RUNS["vanishing"].promised(1).variance * WIDTH / 2)
     assert (frame["grad_norm"] < threshold("vanishing_gradients")).all()
     ratios = (frame["preact_std"].iloc[1:].to_numpy() / frame["preact_std"].iloc[:-1].to_numpy())
     assert (ratios < 10 * per_layer).all(), f"per-layer preact std ratios {ratios}, theory {per_layer:.3g}"
@@ -93,7 +93,7 @@ def test_exploding(trace_run):
     ~1e15, beyond the guide's 10 in every layer. Nothing saturates (ReLU is unbounded), nothing is NaN
     in float32 yet, and the sign pattern, hence the dead fraction, is the vanishing run's exactly."""
     frame = linear(trace_run(RUNS["exploding"]))
-    per_layer = math.sqrt(theory.init_variance("normal:2.0", WIDTH, WIDTH) * WIDTH / 2)
+    per_layer = math.sqrt(RUNS["exploding"].promised(1).variance * WIDTH / 2)
     assert (frame["grad_norm"] > threshold("exploding_gradients")).all()
     ratios = (frame["preact_std"].iloc[1:].to_numpy() / frame["preact_std"].iloc[:-1].to_numpy())
     assert (ratios > per_layer / 10).all(), f"per-layer preact std ratios {ratios}, theory {per_layer:.3g}"
@@ -128,13 +128,12 @@ def test_saturation(trace_run):
     run = RUNS["saturation"]
     frame = linear(trace_run(run))
     hidden = frame.iloc[:-1]
-    sigma_w2 = WIDTH * theory.init_variance(run.init, WIDTH, WIDTH)
-    mf = theory.mlp_mean_field("tanh", run.model.depth, sigma_w2)
+    mf = theory.mlp_mean_field("tanh", run.model.depth, run.sigma_w2())
     assert (mf["saturated_frac"][:-1] > threshold("saturation")).all()
     assert (hidden["saturated_frac"] > threshold("saturation")).all(), hidden["saturated_frac"].tolist()
     assert threshold("vanishing_gradients") < frame["grad_norm"].min()
     assert frame["grad_norm"].max() < threshold("exploding_gradients")
-    assert theory.chi("tanh", sigma_w2, mf["preact_var"][2]) < 2.5
+    assert theory.chi("tanh", run.sigma_w2()[3], mf["preact_var"][2]) < 2.5
 
 
 def test_notebook_saturation_also_explodes(trace_run):
@@ -142,7 +141,7 @@ def test_notebook_saturation_also_explodes(trace_run):
     and chi ~ 26 per layer backwards, so the gradients near the input exceed the guide's 10 by far."""
     run = experiments.SATURATION_NOTEBOOK
     assert symptoms(trace_run(run)) == {"saturation", "exploding_gradients"}
-    sigma_w2 = WIDTH * theory.init_variance(run.init, WIDTH, WIDTH)
+    sigma_w2 = WIDTH * run.promised(1).variance
     assert theory.chi("tanh", sigma_w2, theory.mlp_mean_field("tanh", 6, sigma_w2)["preact_var"][2]) > 10
 
 

@@ -61,16 +61,13 @@ def measure_strategy(run, seed: int, device: str) -> pd.DataFrame:
 
 def branch_theory(run) -> dict[str, float]:
     """Mean-field feed-forward output std and attention logit std of one block (see the docstring)."""
-    cfg, strategy = run.model, run.init
-    rule = "small_normal" if strategy == "small_init" else "xavier_uniform"
+    cfg = run.model
     d, f = cfg.d_model, cfg.d_ff
-    s_in, s_out, s_qk = d * theory.init_variance(rule, d, f), f * theory.init_variance(rule, f, d), \
-        d * theory.init_variance(rule, d, d)
+    s_in, s_out = d * run.promised("mlp_in").variance, f * run.promised("mlp_out").variance  # "scaled": x0.5^2
+    s_qk = d * math.sqrt(run.promised("qkv", part="q").variance * run.promised("qkv", part="k").variance)
     phi = theory.activation_fn(cfg.ffn)
     ffn_var = s_out * theory.gaussian_expectation(lambda a: phi(a) ** 2, 0.0, s_in)
-    if strategy == "scaled":
-        ffn_var *= RESIDUAL_SCALE**2
-    return {"ffn_std": math.sqrt(ffn_var), "logit_std": s_qk}  # sqrt(s_q s_k) with s_q = s_k
+    return {"ffn_std": math.sqrt(ffn_var), "logit_std": s_qk}
 
 
 def frame_and_rows(strategy, trace_run, baseline, runs=RUNS):

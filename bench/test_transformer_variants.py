@@ -40,9 +40,10 @@ def frame_and_rows(name, trace_run, baseline):
     return run, trace_run(run), baseline.rows(EXPERIMENT, run)
 
 
-def ffn_std(cfg) -> float:
+def ffn_std(run) -> float:
+    cfg = run.model
     d, f = cfg.d_model, cfg.d_ff
-    s_in, s_out = d * theory.init_variance("xavier_uniform", d, f), f * theory.init_variance("xavier_uniform", f, d)
+    s_in, s_out = d * run.promised("mlp_in").variance, f * run.promised("mlp_out").variance
     if cfg.ffn == "swiglu":
         silu = theory.activation_fn("silu")
         return math.sqrt(s_out * s_in * theory.gaussian_expectation(lambda a: silu(a) ** 2, 0.0, s_in))
@@ -62,13 +63,13 @@ def test_branches_match_theory(name, trace_run, baseline):
     geometric mean of the per-block logit std predictions, within K seed spreads of the baseline."""
     run, frame, rows = frame_and_rows(name, trace_run, baseline)
     cfg = run.model
-    s_qk = cfg.d_model * theory.init_variance("xavier_uniform", cfg.d_model, cfg.d_model)
+    s_qk = cfg.d_model * math.sqrt(run.promised("qkv", part="q").variance * run.promised("qkv", part="k").variance)
     m2 = np.ones(cfg.n_layers)
     if cfg.norm_position == "post":
         m2[0] = frame.loc[frame["module"] == "embed.weight", "param_std"].item() ** 2
     logit = float(np.exp(np.mean(np.log(s_qk * m2))))
     predicted = pd.DataFrame({"layer": ["blocks.*.ffn", "blocks.*.attn"], "statistic": ["act_std", "logit_std"],
-                              "value": [ffn_std(cfg), logit]})
+                              "value": [ffn_std(run), logit]})
     measured = measure.tidy(frame, {"ffn": ("act_std",), "attn": ("logit_std",)})
     measured = measured[measured["layer"].str.startswith("blocks.*")]
     measure.assert_theory(measured, predicted, rows, what=f"{run.key}, pooled over blocks")

@@ -48,7 +48,7 @@ def measure_layer(run: experiments.MLPRun, seed: int, device: str) -> pd.DataFra
 
 def predicted(name: str) -> tuple[float, float]:
     fan_in, fan_out = experiments.XAVIER_SHAPES[name]
-    var = theory.init_variance("xavier_uniform", fan_in, fan_out)
+    var = experiments.XAVIER_RUNS[name].promised(0).variance
     forward, backward = theory.forward_ratio(fan_in, var), theory.backward_ratio(fan_out, var)
     assert forward == pytest.approx(2 * fan_in / (fan_in + fan_out))  # the closed forms of the docstring
     assert backward == pytest.approx(2 * fan_out / (fan_in + fan_out))

@@ -7,8 +7,9 @@ inputs), so a run on CUDA starts from exactly the numbers of the same run on the
 Every run type carries its family's facts, so no caller asks which type it has: ``key`` (its name in a
 baseline file), ``build(generator)``, ``loss``, ``select`` and ``train`` (how ``initcore.probe.trace``
 measures it), ``statistics`` (which statistics a baseline of it holds, by row kind) and
-``rounding_amplification()``. ``Case`` is the run of a model initcore did not write: a name and a
-factory ``seed -> (model, inputs)``.
+``rounding_amplification()``, and ``promised(...)``: the distribution its strategy declares for one of
+its matrices (``initcore.init.promise``). ``Case`` is the run of a model initcore did not write: a name and
+a factory ``seed -> (model, inputs)``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -70,6 +72,19 @@ class MLPRun:
         extra = ("act_mean",) if self.model.activation in POSITIVE_MEAN_ACTIVATIONS else ()
         return {"linear": MLP_STATISTICS + extra, "param": PARAM_STATISTICS}
 
+    def promised(self, layer: int) -> init.Target:
+        """What the strategy declares for ``layers[layer]``'s weight (role "head" for the last, else "hidden")."""
+        cfg = self.model
+        gain = init.activation_gain(SimpleNamespace(config=cfg)) if self.gain == "auto" else self.gain
+        role = "head" if layer == cfg.depth - 1 else "hidden"
+        fan_in = cfg.in_features if layer == 0 else cfg.width
+        return init.promise(self.init, role, fan_in, cfg.width, n_layers=cfg.depth, gain=gain)
+
+    def sigma_w2(self) -> list[float]:
+        """fan_in * Var(w) of every layer: the mean field's weight variance (``theory.mlp_mean_field``)."""
+        return [(self.model.in_features if i == 0 else self.model.width) * self.promised(i).variance
+                for i in range(self.model.depth)]
+
     def rounding_amplification(self) -> float:
         """Mean-field factor by which this MLP amplifies a relative perturbation of its hidden signal.
 
@@ -79,11 +94,8 @@ class MLPRun:
         the hidden layers of max(1, sqrt(g_l)).
         """
         cfg = self.model
-        fans = [(cfg.in_features if i == 0 else cfg.width, cfg.width) for i in range(cfg.depth)]
-        gain = self.gain if isinstance(self.gain, (int, float)) else None
-        sigma_w2 = [fi * theory.init_variance(self.init, fi, fo, gain) for fi, fo in fans]
         bias = self.bias or 0.0
-        q = theory.mlp_mean_field(cfg.activation, cfg.depth, sigma_w2, bias)["preact_var"]
+        q = theory.mlp_mean_field(cfg.activation, cfg.depth, self.sigma_w2(), bias)["preact_var"]
         phi, dphi = theory.activation_fn(cfg.activation), theory.activation_derivative(cfg.activation)
         amplification = 1.0
         for layer in range(cfg.depth - 1):
@@ -145,6 +157,19 @@ class TransformerRun:
         from initcore import timing  # timing builds its cases from these runs
 
         return timing.transformer_flops(self.model, self.batch, self.seq_len)
+
+    def promised(self, role: str, block: int = 0, part: str = "") -> init.Target:
+        """What the strategy declares for one matrix of ``role`` in block ``block`` (``part``: "q", "k" or "v"),
+        with the fans this configuration gives it."""
+        m = self.model
+        d, vocab = m.d_model, m.vocab_size
+        fans = {"embedding": (vocab, d), "qkv": (d, d), "attn_out": (d, d), "mlp_in": (d, m.d_ff),
+                "mlp_out": (m.d_ff, d), "head": (d, vocab)}
+        if role not in fans:
+            raise ValueError(f"a transformer's matrices have roles {', '.join(fans)}; got {role!r}")
+        chunks = 3 if role == "qkv" and m.attention == "torch_mha" else 1
+        return init.promise(self.init, role, *fans[role], n_layers=m.n_layers, block=block, d_model=d, d_ff=m.d_ff,
+                            part=part, chunks=chunks, **dict(self.options))
 
     def rounding_amplification(self) -> float:
         """1: a normalized residual stack does not amplify rounding (measured: float32 and float64 agree
@@ -317,7 +342,8 @@ VARIANT_RUNS = {name: TransformerRun(cfg, "standard", batch=4, seq_len=32) for n
 
 # === modern strategies: depth, attention, the packed in_proj, width (issue 7) ==========================
 # The configurations of bench/test_depth_scaling.py, test_attention_init.py, test_mha_trap.py and
-# test_width.py, and the per-role weight variance each strategy promises (their theory's input).
+# test_width.py; the per-role weight variance each strategy promises (their theory's input) is its own
+# declaration, ``run.promised(role, block, part)``.
 # Sizes are small enough that the whole set traces in a few seconds on a CPU; ``*_LARGE`` go further.
 
 MODERN_LOSS = "random"  # the stacks end in a norm: only a random projection sends a gradient back
@@ -326,48 +352,6 @@ MODERN_LOSS = "random"  # the stacks end in a norm: only a random projection sen
 def _modern_run(cfg: TransformerConfig, strategy: str, batch: int, seq_len: int) -> TransformerRun:
     return TransformerRun(init.strategies.config_for(strategy, cfg), strategy, batch=batch, seq_len=seq_len,
                           loss=MODERN_LOSS)
-
-
-# Var(w) = std^2 / TRUNC_3SIGMA_VAR for a normal truncated at +-3 std: 1 - 2*3*phi(3)/(2*Phi(3) - 1).
-TRUNC_3SIGMA_VAR = 1 - 6 * math.exp(-4.5) / math.sqrt(2 * math.pi) / math.erf(3 / math.sqrt(2))
-
-
-def promised_variance(strategy: str, role: str, fan_in: int, fan_out: int, block: int, n_layers: int,
-                      part: str = "") -> float:
-    """Var(w) of one weight matrix as strategy ``strategy``'s source states it (not read from its rule).
-
-    ``role`` as in ``initcore.models.ROLES``; ``part`` is "q", "k" or "v" for qkv; (fan_in, fan_out) of
-    the matrix (an embedding's fan_in is the vocabulary); ``block`` 0-based. These formulas are the
-    bench's oracle: the rules in ``initcore.init.strategies`` are checked against them, not with them.
-    """
-    out = role in ("attn_out", "mlp_out")
-    if strategy in ("small_normal", "small_init"):
-        return 0.02**2
-    if strategy == "gpt2":
-        return (0.02 / math.sqrt(2 * n_layers)) ** 2 if out else 0.02**2
-    if strategy == "olmo_mitchell":
-        if role == "embedding":
-            return TRUNC_3SIGMA_VAR / fan_out
-        return TRUNC_3SIGMA_VAR / (2 * fan_in * (block + 1) if out else fan_in)
-    if strategy == "neox_small_init":
-        d = fan_out if role == "embedding" else (fan_in if role != "mlp_out" else fan_out)  # d_model
-        return 4 / (n_layers**2 * d) if out else 2 / (5 * d)
-    if strategy == "xavier_normal":
-        return 2 / (fan_in + fan_out)
-    if strategy in ("xavier_uniform", "rezero", "fixup", "deepnorm"):
-        if strategy == "fixup" and out:
-            return 0.0
-        if strategy in ("fixup", "rezero") and role == "embedding":
-            return 1.0
-        beta2 = 1.0
-        if strategy == "deepnorm" and (role in ("attn_out", "mlp_in", "mlp_out") or part == "v"):
-            beta2 = (8 * n_layers) ** -0.5  # beta^2, beta = (8L)^(-1/4)
-        return beta2 * 2 / (fan_in + fan_out)  # Xavier, uniform or normal: the same variance
-    if strategy == "kaiming_normal":
-        return 2 / fan_in
-    if strategy == "lecun_normal":
-        return 1 / fan_in
-    raise ValueError(f"no promised variance for strategy {strategy!r}")
 
 
 # --- depth: the residual stream of a pre-norm stack, L = 6 .. 48 (96 under -m large) ---------------------

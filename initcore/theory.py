@@ -1,9 +1,10 @@
 """What a probe should measure at initialization, predicted from formulas and mean-field theory.
 
-Pure functions on numbers (numpy only, no torch): activations by name, the weight variance of each
-init strategy, one layer's forward/backward variance ratios, Gaussian expectations by quadrature, the
-infinite-width (mean-field) recursion for MLPs, and residual-stream growth. `initcore.diagnose` and
-`bench/` compare measured per-layer statistics against these bands.
+Pure functions on numbers (numpy only, no torch): activations by name, one layer's forward/backward
+variance ratios for a given weight variance (each strategy's own is declared in ``initcore.init``:
+``init.promise``), Gaussian expectations by quadrature, the infinite-width (mean-field) recursion for
+MLPs, and residual-stream growth. `initcore.diagnose` and `bench/` compare measured per-layer
+statistics against these bands.
 
 References: Glorot & Bengio 2010 (Xavier); He et al. 2015 (Kaiming); LeCun et al. 1998; Saxe et al.
 2014 (orthogonal); Klambauer et al. 2017 (SELU); Poole et al. 2016 and Schoenholz et al. 2017 (mean
@@ -20,14 +21,12 @@ import numpy as np
 __all__ = [
     "ACTIVATIONS",
     "SATURATION_THRESHOLD",
-    "STRATEGIES",
     "activation_derivative",
     "activation_fn",
     "backward_ratio",
     "chi",
     "forward_ratio",
     "gaussian_expectation",
-    "init_variance",
     "mlp_gradient_ratio",
     "mlp_mean_field",
     "normal_cdf",
@@ -184,72 +183,15 @@ def activation_derivative(name: str) -> ArrayFn:
 # Initializer variances
 # --------------------------------------------------------------------------------------------------
 
-# strategy -> (Var(w) at gain 1 as a function of (fan_in, fan_out), default gain²)
-_STRATEGIES: dict[str, tuple[Callable[[int, int], float], float]] = {
-    "xavier_uniform": (lambda fi, fo: 2.0 / (fi + fo), 1.0),  # Var = gain²·2/(fan_in+fan_out)
-    "xavier_normal": (lambda fi, fo: 2.0 / (fi + fo), 1.0),
-    "kaiming_uniform": (lambda fi, fo: 1.0 / fi, 2.0),  # Var = gain²/fan_in, gain² = 2 for relu
-    "kaiming_normal": (lambda fi, fo: 1.0 / fi, 2.0),
-    "lecun_normal": (lambda fi, fo: 1.0 / fi, 1.0),  # Var = 1/fan_in
-    "orthogonal": (lambda fi, fo: 1.0 / max(fi, fo), 1.0),  # Var = gain²/max(fan_in, fan_out)
-    "small_normal": (lambda fi, fo: 0.02**2, 1.0),  # std 0.02 (GPT-2 / nanoGPT)
-}
-STRATEGIES: tuple[str, ...] = (*_STRATEGIES, "normal:STD")
+# What each init strategy promises (Var(w) per role and shape) is declared beside its rule, in
+# initcore.init (``init.promise(name, role, fan_in, fan_out).variance``); this module takes variances as
+# numbers and knows no strategy names.
 
 
 def _check_fan(name: str, value) -> int:
     if isinstance(value, bool) or int(value) != value or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _base_variance(strategy: str, fan_in: int, fan_out: int) -> tuple[float, float]:
-    if strategy in _STRATEGIES:
-        rule, default_gain_sq = _STRATEGIES[strategy]
-        return rule(fan_in, fan_out), default_gain_sq
-    if isinstance(strategy, str) and strategy.startswith("normal:"):
-        text = strategy.split(":", 1)[1]
-        try:
-            std = float(text)
-        except ValueError:
-            raise ValueError(f"cannot read a std from {strategy!r}; write e.g. 'normal:0.01'") from None
-        if not math.isfinite(std) or std < 0:
-            raise ValueError(f"std in {strategy!r} must be finite and >= 0")
-        return std * std, 1.0
-    raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(_STRATEGIES)}, normal:<std>")
-
-
-def init_variance(strategy: str, fan_in: int, fan_out: int, gain: float | None = None) -> float:
-    """Var(w) of one weight entry of an (fan_out × fan_in) matrix initialized by ``strategy``.
-
-    .. math:: \\mathrm{Var}(w) = \\mathrm{gain}^2 \\cdot v(\\text{fan\\_in}, \\text{fan\\_out})
-
-    with v = 2/(fan_in+fan_out) for xavier_*, 1/fan_in for kaiming_* (fan_in mode) and lecun_normal,
-    1/max(fan_in, fan_out) for orthogonal, 0.02² for small_normal and STD² for ``normal:STD``. The
-    uniform variants have the same variance as the normal ones (U(-a, a) has variance a²/3).
-
-    ``gain=None`` takes the strategy's own default: √2 for kaiming (torch's default a=0, i.e. He with
-    nonlinearity relu: Var = 2/fan_in), 1 for everything else.
-
-    Orthogonal: an (n_out × n_in) semi-orthogonal matrix has orthonormal rows when n_out ≤ n_in, so the
-    squares of all entries sum to n_out and E[w²] = 1/n_in; otherwise its columns are orthonormal and
-    E[w²] = 1/n_out. Hence 1/max(fan_in, fan_out).
-
-    Args:
-        strategy: one of :data:`STRATEGIES` (``normal:0.01`` means N(0, 0.01²)).
-        fan_in: inputs of the layer (columns of the weight).
-        fan_out: outputs of the layer (rows of the weight).
-        gain: multiplies the std; None means the strategy's default.
-
-    >>> init_variance("kaiming_normal", 512, 512) == 2 / 512
-    True
-    >>> init_variance("normal:0.01", 10, 10)
-    0.0001
-    """
-    fan_in = _check_fan("fan_in", fan_in)
-    fan_out = _check_fan("fan_out", fan_out)
-    base, default_gain_sq = _base_variance(strategy, fan_in, fan_out)
-    return (default_gain_sq if gain is None else float(gain) ** 2) * base
 
 
 def uniform_bound(variance: float) -> float:

@@ -76,62 +76,23 @@ def test_unknown_activation_lists_valid_names():
 
 
 # ---------------------------------------------------------------------------------------------
-# Initializer variances and one layer
+# One layer (each strategy's Var(w) is its own declaration: tests/init/test_targets.py)
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "strategy, fan_in, fan_out, gain, expected",
-    [
-        ("xavier_uniform", 300, 100, None, 2 / 400),  # Glorot: 2/(fan_in+fan_out)
-        ("xavier_normal", 300, 100, 2.0, 4 * 2 / 400),  # gain² scales it
-        ("kaiming_uniform", 300, 100, None, 2 / 300),  # He, relu: 2/fan_in (default gain √2)
-        ("kaiming_normal", 300, 100, 1.0, 1 / 300),
-        ("lecun_normal", 300, 100, None, 1 / 300),
-        ("orthogonal", 300, 100, None, 1 / 300),  # rows orthonormal: 100 unit rows / 30000 entries
-        ("orthogonal", 100, 300, None, 1 / 300),  # columns orthonormal: 100 / 30000
-        ("small_normal", 300, 100, None, 0.02**2),
-        ("normal:0.01", 300, 100, None, 1e-4),
-        ("normal:1", 300, 100, None, 1.0),
-    ],
-)
-def test_init_variance(strategy, fan_in, fan_out, gain, expected):
-    assert T.init_variance(strategy, fan_in, fan_out, gain) == pytest.approx(expected, rel=1e-14)
-
-
-def test_orthogonal_variance_matches_a_real_orthogonal_matrix():
-    rng = np.random.default_rng(0)
-    for n_out, n_in in [(40, 100), (100, 40)]:
-        q, _ = np.linalg.qr(rng.standard_normal((max(n_out, n_in), min(n_out, n_in))))
-        w = q if n_out > n_in else q.T  # (n_out, n_in), semi-orthogonal
-        # Sum of squares is exactly min(n_in, n_out), so E[w²] is exact up to rounding.
-        assert np.mean(w**2) == pytest.approx(T.init_variance("orthogonal", n_in, n_out), rel=1e-12)
-
-
 def test_uniform_bound():
-    # U(-a, a) has variance a²/3; xavier_uniform for 300→100: a = √(6/400) (torch's formula).
-    assert T.uniform_bound(T.init_variance("xavier_uniform", 300, 100)) == pytest.approx(math.sqrt(6 / 400), rel=1e-14)
+    # U(-a, a) has variance a²/3; xavier_uniform for 300→100: Var = 2/400, a = √(6/400) (torch's formula).
+    assert T.uniform_bound(2 / 400) == pytest.approx(math.sqrt(6 / 400), rel=1e-14)
     with pytest.raises(ValueError):
         T.uniform_bound(-1.0)
-
-
-@pytest.mark.parametrize("strategy", ["xavierr", "he", "normal:abc", "normal:-1", ""])
-def test_unknown_strategy_lists_valid_ones(strategy):
-    with pytest.raises(ValueError, match="xavier|normal"):
-        T.init_variance(strategy, 10, 10)
-
-
-def test_unknown_strategy_message_names_all():
-    with pytest.raises(ValueError) as info:
-        T.init_variance("xavierr", 10, 10)
-    for name in ("xavier_uniform", "kaiming_normal", "lecun_normal", "orthogonal", "normal:<std>"):
-        assert name in str(info.value)
 
 
 def test_bad_fans():
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="fan_in"):
-            T.init_variance("xavier_normal", bad, 10)
+            T.forward_ratio(bad, 0.1)
+        with pytest.raises(ValueError, match="fan_out"):
+            T.backward_ratio(bad, 0.1)
 
 
 @pytest.mark.parametrize(
@@ -145,7 +106,7 @@ def test_bad_fans():
     ],
 )
 def test_xavier_ratios_for_notebook_shapes(fan_in, fan_out, fwd, bwd):
-    var = T.init_variance("xavier_uniform", fan_in, fan_out)
+    var = 2 / (fan_in + fan_out)  # Xavier (Glorot & Bengio, 2010)
     assert T.forward_ratio(fan_in, var) == pytest.approx(fwd, rel=1e-14)
     assert T.backward_ratio(fan_out, var) == pytest.approx(bwd, rel=1e-14)
 
@@ -250,7 +211,7 @@ KEYS = ("preact_var", "preact_std", "act_mean", "act_std", "dead_frac", "saturat
 
 def test_he_relu_keeps_q_constant():
     # q₀ = 2·1; q_{l+1} = 2·E[relu(h)²] = 2·q/2 = q (He et al. 2015).
-    r = T.mlp_mean_field("relu", 12, T.init_variance("kaiming_normal", 256, 256) * 256)
+    r = T.mlp_mean_field("relu", 12, 2 / 256 * 256)  # He, relu: Var(w) = 2/fan_in
     assert set(r) == set(KEYS) and all(len(v) == 12 for v in r.values())
     np.testing.assert_allclose(r["preact_var"], 2.0, rtol=1e-12)
     np.testing.assert_allclose(r["preact_std"], math.sqrt(2.0), rtol=1e-12)
@@ -287,7 +248,7 @@ def test_per_layer_weight_variances():
 def test_small_normal_tanh_vanishes():
     # normal:0.01 at width 512: σw² = 0.01²·512 = 0.0512; for small q, E[tanh(h)²] ≈ q, so the
     # variance shrinks by 0.0512 per layer.
-    sigma_w2 = T.init_variance("normal:0.01", 512, 512) * 512
+    sigma_w2 = 0.01**2 * 512
     r = T.mlp_mean_field("tanh", 10, sigma_w2)
     ratios = r["preact_var"][1:] / r["preact_var"][:-1]
     # First step at q = 0.0512: E[tanh²] = q - 2q² + (17/3)q³ - O(q⁴) (Taylor series of tanh² with
