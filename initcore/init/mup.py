@@ -40,6 +40,7 @@ from dataclasses import fields, is_dataclass, replace
 import torch
 from torch import nn
 
+from initcore.init import targets
 from initcore.init.strategies import Context, get, register
 from initcore.models.roles import RoledParam, param_roles
 
@@ -98,10 +99,25 @@ def _mup_qkv(param: torch.Tensor, p: RoledParam, ctx: Context) -> None:
             _mup(w, p, ctx)
 
 
+def _mup_targets(s: targets.Site) -> targets.Target:
+    """What ``_mup`` and ``_mup_qkv`` draw (Table 3): the embedding N(0, 1), the head N(0, g² b/fan_in²) or 0,
+    q 0 under ``query="zero"``, every other matrix N(0, g²/fan_in)."""
+    gain = 1.0 if s.gain is None else s.gain
+    if s.role == "embedding":
+        return targets.normal(1.0)
+    if s.role == "head":
+        if s.options["readout"] == "zero":
+            return targets.constant(0.0)
+        return targets.normal(gain * math.sqrt(_base_width(s, s.fan_in)) / s.fan_in)
+    if s.role == "qkv" and s.part == "q" and s.options["query"] == "zero":
+        return targets.constant(0.0)
+    return targets.normal(gain / math.sqrt(s.fan_in))
+
+
 @register("mup", "muP (Yang et al., 2021, Table 3): N(0, gain^2/fan_in), head N(0, gain^2*base/fan_in^2) or 0, "
           "embedding N(0, 1), attention logits 1/d_head; train with init.param_groups(model, 'mup', lr=..., "
           "base_width=...)", options={"base_width": None, "readout": "scaled", "query": "scaled"}, takes_gain=True,
-          special={"qkv": _mup_qkv}, config=mup_config)
+          special={"qkv": _mup_qkv}, config=mup_config, targets=_mup_targets)
 def _mup(w: torch.Tensor, p: RoledParam, ctx: Context) -> None:
     r"""muP's init, Table 3 of Yang et al. (2021), by role.
 
