@@ -6,8 +6,9 @@ so the check is statistical rather than bit-exact: another seed, or CPU instead 
 a changed init scale, activation or residual fails. The device is never part of `config`.
 
 CSV columns: ``config, layer, statistic, mean, spread, n_seeds, scale``; with ``scale == "log"``
-mean and spread are of log(value). Rows are sorted naturally by key ("2" < "10") and floats are
-written as ``%.6g``, so diffs of baselines/ stay small and readable. Readers need no lock, since
+mean and spread are of log(value). Rows are sorted naturally by key ("2" < "10"), and mean and spread
+are written only to the digits their band needs (``BAND_RESOLUTION``), so a diff of baselines/ shows
+real change, not rounding noise. Readers need no lock, since
 ``os.replace`` shows them the old file or the new one. Writers serialize on ``<path>.lock``, which
 stays behind on purpose: deleting it would let two writers lock different inodes.
 """
@@ -53,9 +54,20 @@ K = 10.0
 REL_FLOOR = 0.02
 # One percentage point for fractions: a single stray unit out of >= 100 (a dead unit that none of
 # the baseline seeds happened to show) does not fail, while real regressions move fractions by tens
-# of points. The 6 significant digits written to the CSV are far below both floors.
+# of points.
 ABS_FLOOR = 0.01
-FLOAT_FORMAT = "%.6g"
+# What is stored is what is reproducible. A row's mean is written to the power of ten at or below
+# 1/BAND_RESOLUTION of its band half-width (tol = K * spread + floor), its spread to a tenth of that
+# (K = 10 spreads then move the band by as much as the mean's rounding): the band's edges move by at most
+# 1/BAND_RESOLUTION of its width, i.e. K acts as 9.95..10.05. Why not more digits: the last bits of a
+# statistic follow the order of float32 reductions (kernels, thread count), and a regeneration after a
+# change of reduction order (the probe's float32 dot replaced by float64-accumulated chunks; measured
+# 2026-12-03 over the 2567 rows of five baseline files) moved means by a median 1e-6 of their band
+# half-width, 1e-4 at the 99th percentile, and spreads less; written as %.6g, 562 of 4029 rows of the
+# committed files changed under such a regeneration. At 1/100 of the band such a change flips ~1 row in
+# 1000. On one machine and torch, with one torch thread (``initcore.testing.measure.one_thread``), a
+# regeneration is bit-for-bit the same computation, so the files come out byte for byte the same.
+BAND_RESOLUTION = 100
 MAX_REPORTED_ROWS = 40
 
 
@@ -362,7 +374,10 @@ def check_storable(rows: pd.DataFrame) -> None:
 
 
 def _write_atomic(path: Path, frame: pd.DataFrame) -> None:
-    text = frame.to_csv(index=False, float_format=FLOAT_FORMAT, na_rep="nan", lineterminator="\n")
+    frame = frame.astype({"mean": object, "spread": object})
+    frame["mean"], frame["spread"] = zip(*map(_storable_digits, frame["mean"], frame["spread"], frame["scale"]),
+                                         strict=True) if len(frame) else ((), ())
+    text = frame.to_csv(index=False, lineterminator="\n")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
@@ -380,6 +395,31 @@ def _write_atomic(path: Path, frame: pd.DataFrame) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _storable_digits(mean: float, spread: float, scale: str) -> tuple[str, str]:
+    """Mean and spread as written: rounded to the resolution their band needs (``BAND_RESOLUTION``).
+
+    The spread is rounded first, until rounding leaves it as it is (rounding can lift it over a power of
+    ten of the band, which takes a digit away), and the mean's digits follow from the rounded spread: so a
+    file read and written again is the same bytes.
+    """
+
+    def digits(s: float) -> int:  # decimals of the mean; the spread gets one more
+        return -math.floor(math.log10((K * s + (REL_FLOOR if scale == "log" else ABS_FLOOR)) / BAND_RESOLUTION))
+
+    for _ in range(8):
+        rounded = round(spread, digits(spread) + 1)
+        if rounded == spread:
+            break
+        spread = rounded
+    return _decimal(mean, digits(spread)), _decimal(spread, digits(spread) + 1)
+
+
+def _decimal(value: float, digits: int) -> str:
+    text = f"{round(value, digits):.{max(digits, 0)}f}"
+    text = text.rstrip("0").rstrip(".") if "." in text else text
+    return "0" if text in ("-0", "") else text
 
 
 def _require(frame: pd.DataFrame, columns: list[str], what: str) -> pd.DataFrame:

@@ -190,6 +190,7 @@ def test_csv_layout_round_trip_and_natural_order(tmp_path):
             row(layer="blocks.10.attn", mean=1 / 3, spread=1e-9),
             row(layer="10", statistic="dead_frac", mean=0.25, scale="linear"),
             row(layer="2", mean=-2.0, spread=0.0125),
+            row(layer="3", mean=0.123456789, spread=0.0123456),
             row(layer="blocks.2.attn", mean=-46.0517, spread=0.25),
             row(config="b", layer="", mean=123456789.0),
         ]
@@ -198,18 +199,41 @@ def test_csv_layout_round_trip_and_natural_order(tmp_path):
     bl.update(first, rows)  # also creates the missing parent directory
     assert first.read_text() == (
         "config,layer,statistic,mean,spread,n_seeds,scale\n"
-        "b,,act_std,1.23457e+08,0,8,log\n"
-        "c,2,act_std,-2,0.0125,8,log\n"
-        "c,10,dead_frac,0.25,0,8,linear\n"
-        "c,blocks.2.attn,act_std,-46.0517,0.25,8,log\n"
-        "c,blocks.10.attn,act_std,0.333333,1e-09,8,log\n"
+        "b,,act_std,123456789,0,8,log\n"  # band half-width 0.02: 4 decimals for the mean, 5 for the spread
+        "c,2,act_std,-2,0.0125,8,log\n"  # 10 * 0.0125 + 0.02 = 0.145: 3 and 4
+        "c,3,act_std,0.123,0.0123,8,log\n"  # 0.143: 3 and 4
+        "c,10,dead_frac,0.25,0,8,linear\n"  # 0.01: 4 and 5
+        "c,blocks.2.attn,act_std,-46.05,0.25,8,log\n"  # 2.52: 2 and 3
+        "c,blocks.10.attn,act_std,0.3333,0,8,log\n"  # 0.02: 1e-9 rounds to 0
     )
     loaded = bl.load(first)
-    assert loaded["layer"].tolist() == ["", "2", "10", "blocks.2.attn", "blocks.10.attn"]
+    assert loaded["layer"].tolist() == ["", "2", "3", "10", "blocks.2.attn", "blocks.10.attn"]
     assert [pd.api.types.is_string_dtype(loaded[c]) for c in bl.COLUMNS] == [True] * 3 + [False] * 3 + [True]
     assert loaded.dtypes[["mean", "spread", "n_seeds"]].astype(str).tolist() == ["float64", "float64", "int64"]
     bl.update(second, loaded)
     assert second.read_bytes() == first.read_bytes()
+
+
+def test_stored_digits_follow_the_band_and_reading_then_writing_changes_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    spreads = np.concatenate([10 ** rng.uniform(-8, 1, 300), [0.0, 0.008, 0.0079996, 0.00799951, 0.098, 0.0979996]])
+    rows = pd.DataFrame([row(layer=str(i), mean=float(m), spread=float(s), scale=scale)
+                         for i, (s, m) in enumerate(zip(spreads, rng.normal(0, 3, len(spreads)), strict=True))
+                         for scale in ["log"]] +
+                        [row(layer=str(i), statistic="dead_frac", mean=float(rng.uniform()), spread=float(s),
+                             scale="linear") for i, s in enumerate(spreads)])
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    bl.update(first, rows)
+    stored = bl.load(first)
+    bl.update(second, stored)
+    assert second.read_bytes() == first.read_bytes()
+    merged = rows.merge(stored, on=bl.KEY, suffixes=("", "_stored"))
+    tol = bl.K * merged["spread"] + np.where(merged["scale"] == "log", bl.REL_FLOOR, bl.ABS_FLOOR)
+    # each band edge moves by at most half a unit of the mean's last digit plus K half-units of the spread's:
+    # <= 1/BAND_RESOLUTION of the half-width (the spread's own rounding can lift it a little: 1.1x)
+    moved = (merged["mean"] - merged["mean_stored"]).abs() + bl.K * (merged["spread"] - merged["spread_stored"]).abs()
+    assert (moved <= 1.1 * tol / bl.BAND_RESOLUTION).all(), merged[moved > 1.1 * tol / bl.BAND_RESOLUTION]
+    assert (moved > 0).mean() > 0.9  # and something is rounded away: the test sees the rounding
 
 
 @pytest.mark.parametrize("mean, spread", [(float("nan"), 0.1), (float("inf"), 0.1), (0.0, float("nan")), (0.0, -0.1)])
