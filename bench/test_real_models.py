@@ -51,6 +51,10 @@ RUNS = experiments.ZOO_RUNS
 P_MIN = 1e-4  # PyTorch's init tests use this threshold
 INITIALIZER_RANGE = 0.02  # GPT2Config's default, which the zoo's config keeps
 BN_EPS = 1e-5  # nn.BatchNorm2d's default eps, torchvision's choice
+# Draws per KS test: a 10% scale change is a KS distance of 0.023, against a critical 2.23/sqrt(n) at
+# p = 1e-4; at n = 2^15 (critical 0.012) it is rejected with room (each test asserts that power), and a KS
+# test of 2^15 numbers costs ~10 ms where the 2^18 of a pooled group would cost ~90.
+SAMPLE = 2**15
 
 
 def _normal(sample: np.ndarray, std: float, what: str) -> None:
@@ -64,11 +68,18 @@ def _uniform(sample: np.ndarray, bound: float, what: str) -> None:
     assert stats.kstest(sample, "uniform", args=(-1.1 * bound, 2.2 * bound)).pvalue < P_MIN, f"{what}: no power"
 
 
+def _sample(values: torch.Tensor, size: int = SAMPLE) -> np.ndarray:
+    """About ``size`` of ``values``, evenly strided over all of them: any fixed subset of i.i.d. draws is a
+    sample of their distribution, and the stride reaches every block of a pooled group."""
+    flat = values.detach().flatten()
+    return flat[:: max(1, flat.numel() // size)].double().numpy()
+
+
 def _pooled(model: nn.Module, suffix: str) -> np.ndarray:
-    """The values of every parameter whose name ends in ``suffix``, one sample (blocks are alike)."""
+    """A sample of every parameter whose name ends in ``suffix``, as one group (blocks are alike)."""
     found = [p.detach().flatten() for n, p in model.named_parameters() if n.endswith(suffix)]
     assert found, f"no parameter ends in {suffix!r}"
-    return torch.cat(found).double().numpy()
+    return _sample(torch.cat(found))
 
 
 # Each group of GPT-2's weights and the std transformers' _init_weights gives it (n_layer blocks).
@@ -156,10 +167,10 @@ def test_gpt2_attention_logits_follow_the_init(trace_run, baseline):
 
 
 def test_resnet_init_is_what_torchvision_promises(seed):
-    """He-normal with fan_out for every conv: each conv's weights against N(0, 2/fan_out) (at most 2^16 of
-    them: any fixed subset of i.i.d. draws is a sample), rejecting fan_in's std wherever it differs; the
-    convs' standardized weights together reject a 10% larger std. BatchNorm 1 and 0 everywhere; the fc
-    torch's Linear default."""
+    """He-normal with fan_out for every conv: each conv's weights (a sample of 2^14) against N(0, 2/fan_out),
+    rejecting fan_in's std wherever it differs (conv1 147 vs 3136, the stride-2 convs and 1x1 downsamples by
+    sqrt(2)); the convs' standardized weights together reject a 10% larger std. BatchNorm 1 and 0
+    everywhere; the fc torch's Linear default."""
     model, _ = RUNS["resnet18"].factory(seed)
     standardized = []
     for name, m in model.named_modules():
@@ -167,17 +178,17 @@ def test_resnet_init_is_what_torchvision_promises(seed):
             assert m.bias is None
             w = m.weight.detach().double()
             fan_out, fan_in = w.shape[0] * w[0, 0].numel(), w.shape[1] * w[0, 0].numel()
-            sample = w.flatten()[: 2**16].numpy()
+            sample = _sample(w, 2**14)
             std = math.sqrt(2 / fan_out)
             assert stats.kstest(sample, "norm", args=(0, std)).pvalue > P_MIN, f"{name}: not N(0, 2/fan_out)"
             if fan_in != fan_out:  # conv1 (147 vs 3136), the stride-2 convs and the 1x1 downsamples
                 assert stats.kstest(sample, "norm", args=(0, math.sqrt(2 / fan_in))).pvalue < P_MIN, name
-            standardized.append(sample[: 2**13] / std)
+            standardized.append(sample[: 2**12] / std)
         elif isinstance(m, nn.BatchNorm2d):
             assert (m.weight == 1).all() and (m.bias == 0).all(), f"{name}: BatchNorm not weight 1, bias 0"
     _normal(np.concatenate(standardized), 1.0, "every conv, standardized by sqrt(2/fan_out)")
     bound = 1 / math.sqrt(model.fc.in_features)  # kaiming_uniform_(a=sqrt(5)): gain sqrt(1/3), bound 1/sqrt(fan_in)
-    _uniform(model.fc.weight.detach().flatten().double().numpy(), bound, "fc.weight")
+    _uniform(_sample(model.fc.weight), bound, "fc.weight")
     fc_bias = model.fc.bias.detach().double().numpy()  # 1000 draws: its range, not a KS with power
     assert np.abs(fc_bias).max() <= bound and stats.kstest(fc_bias, "uniform", args=(-bound, 2 * bound)).pvalue > P_MIN
 
