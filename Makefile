@@ -53,6 +53,7 @@ setup:
 	  torch_from='TORCH=$(TORCH)'
 	fi
 	"$(BIN)/python" -m pip install -q -e ".[dev]"
+	"$(BIN)/python" scripts/install_zoo.py -q  # the real models' extra; torchvision matched to torch, which stays
 	for script in $(SCRIPTS); do
 	  if [ ! -x "$(BIN)/$$script" ]; then
 	    version=$$("$(BIN)/python" -c "import importlib.metadata as m; print(m.version('$$script'))")
