@@ -149,8 +149,19 @@ class TransformerRun:
     # "square" give it no gradient, a fixed random projection does (see initcore.probe.trace).
     loss: str = "random"
     select = None  # the model's declared rows: blocks.i.attn, blocks.i.ffn, blocks.i
-    train = False
+    # Trace in training mode: dropout active at the model's rate (masks from torch's global generator,
+    # which the bench seeds with the run's seed: bench/test_train_mode.py).
+    train: bool = False
+    # A train run's dropout rate, None for the config's own. A rate given here is part of the key; the
+    # config's own is not (nor is it for eval runs, which never apply it), so a changed default moves the
+    # statistics of a run that relies on it -- a failure that shows what moved -- rather than its key.
+    dropout: float | None = None
     statistics = {**TRANSFORMER_STATISTICS, "param": PARAM_STATISTICS}
+
+    def __post_init__(self) -> None:
+        if self.dropout is not None and not (self.train and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout={self.dropout!r}: a rate in [0, 1) for a run with train=True "
+                             "(an eval run applies no dropout)")
 
     def flops(self):
         """``timing.PassFlops`` of one forward and one backward pass."""
@@ -189,10 +200,12 @@ class TransformerRun:
             parts.append("rezero")
         opts = "".join(f"-{k}{v:g}" for k, v in self.options)
         loss = "" if self.loss == "random" else f"-loss_{self.loss}"
-        return "transformer-" + "-".join(parts) + f"/{self.init}{opts}{loss}"
+        train = ("-train" if self.train else "") + ("" if self.dropout is None else f"-dropout{self.dropout:g}")
+        return "transformer-" + "-".join(parts) + f"/{self.init}{opts}{loss}{train}"
 
     def build(self, generator: torch.Generator) -> tuple[nn.Module, torch.Tensor]:
-        model = Transformer.from_config(self.model)
+        cfg = self.model if self.dropout is None else replace(self.model, dropout=self.dropout)
+        model = Transformer.from_config(cfg)
         init.apply(model, self.init, generator=generator, **dict(self.options))
         idx = torch.randint(0, self.model.vocab_size, (self.batch, self.seq_len), generator=generator)
         return model, idx
@@ -338,6 +351,15 @@ VARIANT_CONFIGS = {
     "causal": replace(SMALL_TRANSFORMER, causal=True),
 }
 VARIANT_RUNS = {name: TransformerRun(cfg, "standard", batch=4, seq_len=32) for name, cfg in VARIANT_CONFIGS.items()}
+
+# --- 8. training mode: the probe with dropout active (bench/test_train_mode.py) ---------------------------
+# The pre-norm SMALL_TRANSFORMER traced in train mode, with the config's own dropout (0: a changed default
+# moves this run's statistics, where the eval-mode runs cannot see it) and with dropout 0.1 (on the
+# attention probabilities and on both residual branches).
+TRAIN_RUNS = {
+    "default_dropout": TransformerRun(SMALL_TRANSFORMER, "standard", batch=4, seq_len=32, train=True),
+    "dropout": TransformerRun(SMALL_TRANSFORMER, "standard", batch=4, seq_len=32, train=True, dropout=0.1),
+}
 
 
 # === modern strategies: depth, attention, the packed in_proj, width (issue 7) ==========================
