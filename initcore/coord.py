@@ -229,13 +229,14 @@ def head_rows(model: nn.Module) -> set[str]:
 def measure(run: CoordRun, seed: int, device: str | torch.device = "cpu", tamper: Tamper | None = None) -> pd.DataFrame:
     """``trace_steps`` of ``run`` at every width, one frame with a ``width`` column (the head's rows left out)."""
     frames = []
+    task = run.task()
     for width in run.widths:
         model, batch, optimizer = build(run, width, seed, device, tamper)
-        task = run.task()
         frame = trace_steps(model, batch, optimizer, run.steps, task.loss, readout=task.readout,
                             statistics=STATISTICS[run.model])
-        frames.append(frame[~frame["module"].isin(head_rows(model))].assign(width=width))
-    return pd.concat(frames, ignore_index=True)
+        frame.insert(0, "width", width)
+        frames.append(frame[~frame["module"].isin(head_rows(model))])
+    return pd.concat(frames, ignore_index=True)  # the same columns at every width: pandas' fast path
 
 
 def coordinates(frame: pd.DataFrame) -> pd.DataFrame:
@@ -260,14 +261,19 @@ def _fit(widths: np.ndarray, values: np.ndarray) -> float | None:
 
 
 def _by_coordinate(frame: pd.DataFrame) -> dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]]:
-    """(coordinate, kind, step) -> (widths, values), in the frame's order (plain numpy: a run has ~100 of them)."""
-    coords = coordinates(frame)
+    """(coordinate, kind, step) -> (widths, values), as ``coordinates`` (plain Python: a run has ~100 of them)."""
     found: dict[tuple[str, str, int], tuple[list, list]] = {}
-    for name, kind, step, width, value in zip(coords["coordinate"], coords["kind"], coords["step"], coords["width"],
-                                              coords["value"], strict=True):
-        widths, values = found.setdefault((name, kind, int(step)), ([], []))
-        widths.append(width)
-        values.append(value)
+    logit = frame["logit_std"].to_numpy() if "logit_std" in frame else np.full(len(frame), np.nan)
+    columns = (frame[c].to_numpy() for c in ("module", "kind", "step", "width", "act_change_rms"))
+    for name, kind, step, width, change, logits in zip(*columns, logit, strict=True):
+        if kind == "param":
+            continue
+        for key, value in (((name, kind, int(step)), change),
+                           ((f"{name}:logits", "logits", int(step)), logits if logits == logits else None)):
+            if value is not None:
+                widths, values = found.setdefault(key, ([], []))
+                widths.append(width)
+                values.append(value)
     return {key: (np.asarray(w, dtype=np.float64), np.asarray(v, dtype=np.float64)) for key, (w, v) in found.items()}
 
 
