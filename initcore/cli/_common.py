@@ -14,7 +14,7 @@ import torch
 
 from initcore import init
 from initcore.cli import _factory, _memory
-from initcore.experiments import DEPTH_MLP, MLPRun
+from initcore.experiments import DEPTH_MLP, SMALL_TRANSFORMER, VARIANT_RUNS, MLPRun
 from initcore.models import (
     ACTIVATIONS,
     MODELS,
@@ -28,8 +28,10 @@ from initcore.models.transformer import FFNS, NORM_POSITIONS, NORMS
 
 # MLP defaults: the notebook's depth experiment, experiments.DEPTH_MLP (512 wide, 10 deep, tanh) at batch 64.
 MLP_BATCH = 64
-# A small transformer that traces in well under a second on a CPU (experiments has none this size).
-TRANSFORMER = {"d_model": 128, "n_heads": 4, "d_ff": 512, "n_layers": 4, "seq_len": 32, "vocab_size": 1000}
+# Transformer defaults: experiments.SMALL_TRANSFORMER (the variants' base: 4 blocks, d_model 128) at its runs'
+# sequence length, 32; it traces in well under a second on a CPU. Batch 8, the CLI's own choice.
+TRANSFORMER = {**{k: getattr(SMALL_TRANSFORMER, k) for k in ("d_model", "n_heads", "d_ff", "n_layers", "vocab_size")},
+               "seq_len": VARIANT_RUNS["prenorm"].seq_len}
 TRANSFORMER_BATCH = 8
 DEFAULT_INIT = "torch_default"  # of the built-in models; a model of the user's keeps its factory's init
 LINE_WIDTH = 120  # the project's line length, for tables too
