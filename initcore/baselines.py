@@ -84,22 +84,81 @@ class BaselineCorrupt(ValueError):
 
 
 class BaselineMismatch(AssertionError):
-    """Measured statistics moved outside their baseline bands; `rows` holds the failing rows."""
+    """Measured statistics moved outside their baseline bands, or a pooled test of them failed: ``rows`` holds
+    the failing rows (ranked by |z|), ``pooled`` the failing pooled tests.
 
-    def __init__(self, rows: pd.DataFrame, n_compared: int | None = None):
-        self.rows = rows
-        shown = rows.head(MAX_REPORTED_ROWS)
-        band = [
-            "-" if np.isnan(lo) and np.isnan(hi) else f"[{lo:.4g}, {hi:.4g}]"
-            for lo, hi in zip(shown["low"], shown["high"], strict=True)
-        ]
-        table = shown[[*KEY, "baseline", "measured"]].assign(band=band, problem=shown["problem"])
+    The message lists each config's key once, then its rows, furthest first (z: the distance in seed
+    spreads), in lines of at most REPORT_WIDTH characters, then the pooled tests that failed, and ends by
+    saying what to do: update the baselines only for an intended change, else read the top rows first.
+    """
+
+    def __init__(self, rows: pd.DataFrame, n_compared: int | None = None, pooled: pd.DataFrame | None = None,
+                 n_pooled: int = 0):
+        pooled = pd.DataFrame(columns=POOLED_COLUMNS) if pooled is None else pooled
+        rows = _ranked(rows)
+        self.rows, self.pooled = rows, pooled
         lines = [f"{len(rows)} of {n_compared or len(rows)} statistics moved from their baseline:"]
-        lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
+        shown = rows.head(MAX_REPORTED_ROWS)
+        for config, group in shown.groupby("config", sort=False):
+            lines.append(_fit(f"config {config}"))
+            lines += _table(group)
         if len(rows) > MAX_REPORTED_ROWS:
             lines.append(f"… {len(rows) - MAX_REPORTED_ROWS} more")
+        if len(pooled):
+            lines.append(f"{len(pooled)} of {n_pooled or len(pooled)} pooled tests failed (|mean_z| or chi2_z "
+                         f"over {POOLED_K:g}: a group's rows moved together, or scattered beyond chance):")
+            for config, group in pooled.groupby("config", sort=False):
+                lines.append(_fit(f"config {config}"))
+                lines += _pooled_table(group)
         lines.append(f"If the change is intended, run `{UPDATE_COMMAND}` and review the diff of baselines/.")
+        lines.append("If it is not, read the rows from the top: they moved furthest from their baselines.")
         super().__init__("\n".join(lines))
+
+
+REPORT_WIDTH = 120
+
+
+def _fit(line: str) -> str:
+    return line if len(line) <= REPORT_WIDTH else line[: REPORT_WIDTH - 1] + "…"
+
+
+def _ranked(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows by |z|, furthest first (rows without a z, one side missing, last), configs kept together."""
+    if not len(rows):
+        return rows.reset_index(drop=True)
+    z = rows["z"].abs().fillna(-1.0) if "z" in rows else pd.Series(-1.0, index=rows.index)
+    first = z.groupby(rows["config"]).transform("max")
+    order = pd.DataFrame({"first": -first, "config": rows["config"], "z": -z}).sort_values(
+        ["first", "config", "z"], kind="stable").index
+    return rows.loc[order].reset_index(drop=True)
+
+
+def _table(rows: pd.DataFrame) -> list[str]:
+    band = ["-" if np.isnan(lo) and np.isnan(hi) else f"[{lo:.4g}, {hi:.4g}]"
+            for lo, hi in zip(rows["low"], rows["high"], strict=True)]
+    z = rows["z"] if "z" in rows else pd.Series(np.nan, index=rows.index)
+    table = pd.DataFrame({"layer": rows["layer"], "statistic": rows["statistic"], "baseline": rows["baseline"],
+                          "measured": rows["measured"], "z": z, "band": band, "problem": rows["problem"]})
+    return _indented(table, "{:.4g}")
+
+
+def _pooled_table(groups: pd.DataFrame) -> list[str]:
+    return _indented(groups[["layer", "statistic", "rows", "mean_z", "chi2_z", "problem"]], "{:.3g}")
+
+
+def _indented(table: pd.DataFrame, number: str) -> list[str]:
+    """``table`` as text indented by two, its layer names shortened in the middle until its lines fit."""
+    def render(t: pd.DataFrame) -> list[str]:
+        return ["  " + line for line in t.to_string(index=False, float_format=number.format, na_rep="-").splitlines()]
+
+    lines = render(table)
+    excess = max(map(len, lines)) - REPORT_WIDTH
+    if excess > 0:
+        keep = max(12, int(table["layer"].str.len().max()) - excess - 1)
+        table = table.assign(layer=[name if len(name) <= keep else name[: keep // 2] + "…" + name[-(keep - keep // 2):]
+                                    for name in table["layer"]])
+        lines = render(table)
+    return [_fit(line) for line in lines]
 
 
 def default_scale(statistic: str) -> str:
@@ -177,6 +236,7 @@ def compare(
         high = np.where(log, np.exp(mean + tol), mean + tol)
     finite = np.isfinite(mean)
     same = (np.isnan(centre) & np.isnan(value)) | (centre == value)
+    z = _z(m)
     problem = np.select(
         [
             m["_merge"] == "left_only",
@@ -197,6 +257,7 @@ def compare(
             "measured": value,
             "low": low,
             "high": high,
+            "z": z,
             "ok": problem == "",
             "problem": problem,
         }
@@ -204,13 +265,105 @@ def compare(
     return _sort(out)
 
 
-def assert_matches(measured: pd.DataFrame, baseline: pd.DataFrame, **kw) -> pd.DataFrame:
-    """`compare`, raising BaselineMismatch listing the failing rows if any row is not ok."""
+def _z(m: pd.DataFrame) -> np.ndarray:
+    """(measured - mean) / spread in the row's scale: the distance in seed spreads (±inf where the spread is 0
+    and the value moved, NaN where a side is missing)."""
+    log = (m["scale"] == "log").to_numpy()
+    value, mean, spread = m["value"].to_numpy(float), m["mean"].to_numpy(float), m["spread"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(log, np.log(np.where(value > 0, value, np.nan)), value)
+        d = x - mean
+        return np.where(spread > 0, d / spread, np.where(d == 0, 0.0, np.sign(d) * np.inf))
+
+
+def assert_matches(measured: pd.DataFrame, baseline: pd.DataFrame, *, pooled: bool = True, **kw) -> pd.DataFrame:
+    """`compare`, raising BaselineMismatch if any row is not ok or (``pooled``) any test of ``pooled_tests``
+    fails; the exception lists the failing rows, ranked by |z|, and the failing pooled tests."""
     result = compare(measured, baseline, **kw)
     failed = result[~result["ok"]].reset_index(drop=True)
-    if len(failed):
-        raise BaselineMismatch(failed, n_compared=len(result))
+    groups = pooled_tests(measured, baseline) if pooled else pd.DataFrame(columns=POOLED_COLUMNS)
+    failed_groups = groups[~groups["ok"]].reset_index(drop=True)
+    if len(failed) or len(failed_groups):
+        raise BaselineMismatch(failed, n_compared=len(result), pooled=failed_groups, n_pooled=len(groups))
     return result
+
+
+# --- pooled tests ------------------------------------------------------------------------------------------------
+# The per-row band is wide on purpose (K spreads for a Student-t with 15 dof over thousands of rows, plus a 2%
+# floor for CPU/CUDA rounding), so a change that moves many rows of a group a little, or one row of a group of
+# independent draws by less than the band, passes it. A pooled test combines the rows of one group: one
+# config, one statistic, the rows whose names differ only in their indices ("blocks.*.ffn", the weights
+# "blocks.*.attn.o.weight"), at least POOLED_MIN_ROWS of them, where the baseline holds the group's pooled row
+# (the mean over the rows at each seed, whose seed spread s_P measures how correlated the rows are).
+#
+# Each row's distance z = d / sqrt(s^2 (1 + 1/n) + f^2) (d the deviation from the baseline mean, in the row's
+# scale; s its spread over n seeds; f = POOLED_FLOOR, float rounding between devices) is a Student-t with n - 1
+# dof for a new seed, and its normal score u (``normal_score``, Wallace 1959) a standard normal. Over the m
+# rows of a group:
+# - mean test, for a shift of every row the same way: T = sum(u) / sqrt(m r), with r = max(1, s_P^2 m^2 /
+#   sum(s^2)) the variance of the mean relative to m independent rows (1 for independent rows, m for rows that
+#   move together), so T is N(0, 1) whatever the correlation: |T| > POOLED_K = 5 has probability 5.7e-7;
+# - chi-square test, for one or a few rows moving further than the rest, where r < INDEPENDENT_R (rows about
+#   independent: weight matrices, the branches of different blocks; not a residual stream or a backward
+#   chain): Q = sum(u^2) is chi-square with m dof, and its Wilson-Hilferty normal score
+#   W = ((Q/m)^(1/3) - 1 + 2/(9m)) / sqrt(2/(9m)) > POOLED_K has probability 2.9e-7.
+# Together 8.6e-7 per group; the bench holds ~300 groups, so ~3e-4 false alarms per run (the per-row bands:
+# 2e-4). Measured over seeds 0..29 on transformer_variants' prenorm run (17 groups): max |T| 1.8, max W 2.3.
+# The gain: a shift that moves every one of m independent rows by delta spreads fails at about
+# delta > 5.4 / sqrt(m) (1.6 for 12 blocks) instead of 10 spreads + 2%, and 12 rows each 3 spreads off, half
+# each way, fail the chi-square test (W = 6.5). What neither sees is one row of a few moving alone: its
+# deviation is spread over the group's dof (one of 4 rows at 8.5 spreads: W = 3.9), and its own band holds it.
+POOLED_K = 5.0
+POOLED_MIN_ROWS = 3
+INDEPENDENT_R = 2.0
+POOLED_FLOOR = {"log": 1e-3, "linear": 2e-3}  # measurement.DEVICE_RTOL and DEVICE_ATOL: rounding, not change
+POOLED_COLUMNS = ["config", "layer", "statistic", "rows", "mean_z", "chi2_z", "r", "ok", "problem"]
+
+
+def normal_score(t, dof) -> np.ndarray:
+    """The standard-normal quantile of a Student-t value: sign(t) sqrt(dof ln(1 + t^2/dof)) (8 dof + 1)/(8 dof + 3)
+    (Wallace, 1959; within 1% of the exact quantile for dof >= 7 and |t| <= 20, a little below it)."""
+    t, dof = np.asarray(t, dtype=float), np.asarray(dof, dtype=float)
+    return np.sign(t) * np.sqrt(dof * np.log1p(t * t / dof)) * (8 * dof + 1) / (8 * dof + 3)
+
+
+def pattern(layer: str) -> str:
+    """The layer's name with every index replaced by "*": the name of its group and of its pooled row."""
+    return ".".join("*" if part.isdigit() else part for part in layer.split("."))
+
+
+def pooled_tests(measured: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """One row per group (see above): config, layer (the group's pattern), statistic, rows, mean_z (T),
+    chi2_z (W, NaN where the rows are not independent), r, ok, problem ("mean shifted", "rows scattered")."""
+    measured = _strings(_require(measured, [*KEY, "value"], "measured")).astype({"value": float})
+    baseline = _normalize(baseline)
+    m = measured.merge(baseline, on=KEY, how="inner")
+    m = m.assign(group=m["layer"].map(pattern))
+    m = m[(m["group"] != m["layer"]) & ~m["layer"].str.contains("*", regex=False) & (m["spread"] > 0)]
+    d = _z(m.assign(spread=1.0)) if len(m) else np.empty(0)  # the deviation in the row's scale
+    floor = m["scale"].map(POOLED_FLOOR).to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        z = d / np.sqrt(m["spread"].to_numpy(float) ** 2 * (1 + 1 / m["n_seeds"].to_numpy(float)) + floor**2)
+    m = m.assign(u=normal_score(z, m["n_seeds"].to_numpy(float) - 1))
+    pooled_rows = baseline.set_index(KEY)
+    out = []
+    for (config, group, statistic), rows in m.groupby(["config", "group", "statistic"], sort=False):
+        rows = rows[np.isfinite(rows["u"])]
+        if len(rows) < POOLED_MIN_ROWS or (config, group, statistic) not in pooled_rows.index:
+            continue
+        pooled_row = pooled_rows.loc[(config, group, statistic)]
+        if (rows["scale"] != pooled_row["scale"]).any():
+            continue
+        n = len(rows)
+        r = max(1.0, float(pooled_row["spread"]) ** 2 * n * n / float((rows["spread"] ** 2).sum()))
+        mean_z = float(rows["u"].sum() / math.sqrt(n * r))
+        chi2_z = math.nan
+        if r < INDEPENDENT_R:
+            q = float((rows["u"] ** 2).sum())
+            chi2_z = ((q / n) ** (1 / 3) - 1 + 2 / (9 * n)) / math.sqrt(2 / (9 * n))
+        problem = "mean shifted" if abs(mean_z) > POOLED_K else "rows scattered" if chi2_z > POOLED_K else ""
+        out.append((config, group, statistic, n, mean_z, chi2_z, r, problem == "", problem))
+    return pd.DataFrame(out, columns=POOLED_COLUMNS)
 
 
 def load(path: str | os.PathLike) -> pd.DataFrame:

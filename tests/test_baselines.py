@@ -155,17 +155,124 @@ def test_mismatch_message_lists_failing_rows_and_the_command():
     with pytest.raises(bl.BaselineMismatch) as info:
         bl.assert_matches(measured(*values), base)
     message = str(info.value)
-    header = message.splitlines()[1].split()
-    assert header == ["config", "layer", "statistic", "baseline", "measured", "band", "problem"]
-    assert message.splitlines()[0] == "45 of 50 statistics moved from their baseline:"
-    assert "[0.9802, 1.02]" in message and "outside band" in message
-    lines = message.splitlines()  # title, header, 40 rows (the cap), "… 5 more", what to run next
-    assert len(lines) == 2 + 40 + 2 and lines[-2] == "… 5 more"
-    assert "pytest bench --update-baselines" in lines[-1] and "baselines/" in lines[-1]
-    assert len(info.value.rows) == 45 and "c     4 " not in message  # passing rows are not listed
+    lines = message.splitlines()  # title, the config once, header, 40 rows (the cap), "… 5 more", 2 lines: what to do
+    assert lines[0] == "45 of 50 statistics moved from their baseline:"
+    assert lines[1] == "config c"
+    assert lines[2].split() == ["layer", "statistic", "baseline", "measured", "z", "band", "problem"]
+    assert "[0.9802, 1.02]" in message and "outside band" in message and " inf " in message  # spread 0: z = inf
+    assert len(lines) == 3 + 40 + 3 and lines[-3] == "… 5 more"
+    assert lines[-2].startswith("If the change is intended, run `pytest bench --update-baselines`")
+    assert "baselines/" in lines[-2] and lines[-1].startswith("If it is not, read the rows from the top")
+    assert len(info.value.rows) == 45 and "\n  4 " not in message  # passing rows are not listed
     assert len(bl.assert_matches(measured(*values[:5]), base.head(5))) == 5
 
 
+def test_mismatch_rows_are_ranked_by_distance_each_config_named_once_within_120_columns():
+    long = "transformer-sdpa-prelayernorm-relu-L12-d512-h8-ff2048-b2-t16/standard-" + "x" * 80
+    base = pd.DataFrame([row(config=cfg, layer=f"blocks.{i}.a_rather_long_module_name_{'y' * 30}", spread=0.01)
+                         for cfg in ("a", long) for i in range(3)])
+    # config a: z = 20, 50, 30; the long config: z = 25, 15, 40 -> a first (its furthest row is 50)
+    shifts = {("a", 0): 20, ("a", 1): 50, ("a", 2): 30, (long, 0): 25, (long, 1): 15, (long, 2): 40}
+    values = [(cfg, f"blocks.{i}.a_rather_long_module_name_{'y' * 30}", "act_std", math.exp(0.01 * z))
+              for (cfg, i), z in shifts.items()]
+    with pytest.raises(bl.BaselineMismatch) as info:
+        bl.assert_matches(measured(*values), base, pooled=False)
+    lines = str(info.value).splitlines()
+    assert all(len(line) <= 120 for line in lines), max(map(len, lines))
+    assert [line for line in lines if line.startswith("config ")] == ["config a", f"config {long}"[:119] + "…"]
+    assert sum(long[:60] in line for line in lines) == 1  # the key once, not per row
+    assert info.value.rows["z"].round(6).tolist() == [50, 30, 20, 40, 25, 15]
+
+
+# --- pooled tests --------------------------------------------------------------------------------------------------
+
+
+def test_normal_score_matches_the_t_quantile():
+    stats = pytest.importorskip("scipy.stats")
+    t = np.array([0.5, 1.0, 2.0, 4.0, 6.0, 8.3, 10.0, 20.0])
+    for dof in (7, 15, 30):
+        exact = stats.norm.isf(stats.t.sf(t, dof))
+        np.testing.assert_allclose(bl.normal_score(t, dof), exact, rtol=0.01, atol=0.002)
+        np.testing.assert_allclose(bl.normal_score(-t, dof), -exact, rtol=0.01, atol=0.002)
+
+
+def _group(n_rows, spread=0.01, pooled_spread=None, n_seeds=16, statistic="act_std"):
+    """A baseline of n_rows rows blocks.i.ffn (log scale, mean 0) and their pooled row blocks.*.ffn, whose
+    spread says how the rows co-vary: spread / sqrt(n) for independent rows (the default), spread for rows
+    that move together."""
+    pooled_spread = spread / math.sqrt(n_rows) if pooled_spread is None else pooled_spread
+    rows = [row(layer=f"blocks.{i}.ffn", statistic=statistic, spread=spread, n_seeds=n_seeds) for i in range(n_rows)]
+    rows.append(row(layer="blocks.*.ffn", statistic=statistic, spread=pooled_spread, n_seeds=n_seeds))
+    return pd.DataFrame(rows)
+
+
+def _values(shifts_in_spreads, spread=0.01):
+    """The rows, shifted by the given numbers of spreads, and their pooled row (the geometric mean)."""
+    logs = [spread * z for z in shifts_in_spreads]
+    return measured(*[("c", f"blocks.{i}.ffn", "act_std", math.exp(x)) for i, x in enumerate(logs)],
+                    ("c", "blocks.*.ffn", "act_std", math.exp(sum(logs) / len(logs))))
+
+
+def test_mean_test_sees_a_shift_of_every_row_that_no_band_sees():
+    base = _group(12)
+    shifted = _values([2.0] * 12)  # 2 spreads each: far inside the bands (10 spreads + 2%)
+    assert bl.compare(shifted, base)["ok"].all()
+    groups = bl.pooled_tests(shifted, base)
+    assert groups[["layer", "statistic", "rows"]].values.tolist() == [["blocks.*.ffn", "act_std", 12]]
+    # z = 0.02 / sqrt(1e-4 * 17/16 + 1e-3^2) = 1.931, u = normal_score(1.931, 15) = 1.796 for every row;
+    # mean_z = 12 * 1.796 / sqrt(12 * r), r = 1 (pooled spread 0.01 / sqrt(12)): 6.22
+    assert groups["mean_z"].item() == pytest.approx(6.22, abs=0.01) and groups["problem"].item() == "mean shifted"
+    with pytest.raises(bl.BaselineMismatch, match=r"1 of 1 pooled tests failed") as info:
+        bl.assert_matches(shifted, base)
+    assert "0 of 13 statistics moved" in str(info.value) and "mean shifted" in str(info.value)
+    assert bl.pooled_tests(_values([1.0] * 12), base)["ok"].all()  # mean_z 3.2: within chance
+
+
+def test_mean_test_allows_for_rows_that_move_together():
+    # rows that move together (pooled spread = row spread, r = 12): the same 2-spread shift is one draw's worth
+    together = _group(12, pooled_spread=0.01)
+    groups = bl.pooled_tests(_values([2.0] * 12), together)
+    assert groups["r"].item() == pytest.approx(12) and groups["ok"].item()
+    assert math.isnan(groups["chi2_z"].item())  # no chi-square for correlated rows
+
+
+def test_chi_square_sees_rows_scattered_beyond_chance():
+    base = _group(12)
+    scattered = _values([3.0, -3.0] * 6)  # each 3 spreads off, half each way: every band holds, the mean too
+    assert bl.compare(scattered, base)["ok"].all()
+    groups = bl.pooled_tests(scattered, base)
+    # u = normal_score(0.03 / 0.010356, 15) = 2.54; Q = 12 * 2.54^2 = 77.4; W = ((Q/12)^(1/3) - 1 + 2/108) /
+    # sqrt(2/108) = 6.5
+    assert abs(groups["mean_z"].item()) < 1e-9
+    assert groups["chi2_z"].item() == pytest.approx(6.47, abs=0.01) and groups["problem"].item() == "rows scattered"
+    # one row of 4 at 8.5 spreads (10% more variance in one 128 x 128 matrix) is u = 5.05 alone, but only
+    # W = 3.9 among 4: the chi-square spreads it over its 4 dof; the row's own band (10 spreads + 2%) holds
+    one = _values([0.0, 0.0, 0.0488 / 0.0055, 0.0], spread=0.0055)
+    assert bl.pooled_tests(one, _group(4, spread=0.0055))["chi2_z"].item() == pytest.approx(3.86, abs=0.01)
+
+
+def test_groups_need_a_pooled_row_and_enough_rows():
+    base = _group(12).iloc[:-1]  # no pooled row: how the rows co-vary is unknown
+    assert bl.pooled_tests(_values([3.0] * 12), base).empty
+    assert bl.pooled_tests(_values([3.0] * 2), _group(2)).empty  # fewer than POOLED_MIN_ROWS
+
+
+def test_pooled_false_alarm_rate_matches_its_derivation():
+    # Independent rows, 16-seed baselines drawn afresh each trial, then one new seed: the per-group rate of
+    # each test at threshold 3 (where it is measurable) is the normal tail, 2.7e-3 two-sided (mean) and
+    # 1.35e-3 one-sided (chi-square): the normal scores make the t's heavy tails normal.
+    rng = np.random.default_rng(0)
+    trials, m, n = 20000, 12, 16
+    seeds = rng.normal(size=(trials, n, m))
+    mean, spread = seeds.mean(1), seeds.std(1, ddof=1)
+    pooled_spread = seeds.mean(2).std(1, ddof=1)
+    t = (rng.normal(size=(trials, m)) - mean) / (spread * math.sqrt(1 + 1 / n))
+    u = bl.normal_score(t, n - 1)
+    r = np.maximum(1, pooled_spread**2 * m * m / (spread**2).sum(1))
+    mean_z = u.sum(1) / np.sqrt(m * r)
+    chi2_z = (((u**2).sum(1) / m) ** (1 / 3) - 1 + 2 / (9 * m)) / math.sqrt(2 / (9 * m))
+    assert (np.abs(mean_z) > 3).mean() == pytest.approx(2.7e-3, abs=1.5e-3)  # r >= 1 makes it no larger
+    assert (chi2_z > 3).mean() == pytest.approx(1.35e-3, abs=1e-3)
 def test_summarize_compare_end_to_end():
     # Synthetic act_std over 10 layers: gain 0.9 per layer, 0.3% seed noise per layer (width ~512).
     # Another seed must pass; 5% more std per layer (10% more weight variance) must fail.
