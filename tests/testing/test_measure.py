@@ -84,7 +84,7 @@ def test_statistics_for():
     tanh = measure.statistics_for(experiments.DEPTH_RUNS["xavier"])
     assert "act_mean" not in tanh["linear"]
     assert set(measure.statistics_for(experiments.VARIANT_RUNS["prenorm"])) == {"attn", "ffn", "block", "param"}
-    with pytest.raises(TypeError, match=r"a run with a statistics mapping \(MLPRun, TransformerRun, Case\), got object"):
+    with pytest.raises(TypeError, match=r"a statistics mapping \(MLPRun, TransformerRun, Case\), got object"):
         measure.statistics_for(object())
 
 
