@@ -14,10 +14,10 @@ The model is the notebook's depth experiment (``experiments.DEPTH_MLP`` with Xav
 - ``notebook``: ``analyze_initialization_impact``'s loop, which clones every activation and calls
   ``.item()`` per number.
 
-Each of the last three also gets its time over bare into ``extra_info["ratio_to_bare"]``, printed too:
-the median over PAIRS rounds of (contender / bare) timed back to back, so load on a shared machine hits
-both alike. On a 2-core VM single pairs spread by +-10%; the median of 20 still moved by 0.1 between
-runs, that of 80 by about 0.03. Nothing here asserts a time.
+Each contender but bare also gets its time over bare into ``extra_info["ratio_to_bare"]``, and into the
+end-of-run summary: the median over PAIRS rounds of (contender / bare) timed back to back, so load on a
+shared machine hits both alike. On a 2-core VM single pairs spread by +-10%; the median of 20 still moved
+by 0.1 between runs, that of 80 by about 0.03. Nothing here asserts a time.
 
     pytest bench/test_probe_overhead.py --benchmark-only -p no:cacheprovider
 """
@@ -137,7 +137,7 @@ def _paired_ratio(contender, reference, rounds: int) -> tuple[float, float, floa
 
 @pytest.mark.benchmark(group="probe-overhead")
 @pytest.mark.parametrize("contender", CONTENDERS)
-def test_probe_overhead(benchmark, contender: str, device: str, model_and_input, capsys) -> None:
+def test_probe_overhead(benchmark, contender: str, device: str, model_and_input, summary_line) -> None:
     model, x = model_and_input
     run = _synced(FUNCTIONS[contender], model, x, device)
     benchmark.group = f"probe-overhead-{device}"
@@ -147,10 +147,9 @@ def test_probe_overhead(benchmark, contender: str, device: str, model_and_input,
         return
     ratio, median, bare_median = _paired_ratio(run, _synced(bare, model, x, device), PAIRS)
     benchmark.extra_info.update({"ratio_to_bare": ratio, "median_s": median, "bare_median_s": bare_median})
-    with capsys.disabled():
-        print(f"\n{contender} / bare forward+backward on {device}: {ratio:.3f} "
-              f"({median * 1e3:.2f} ms / {bare_median * 1e3:.2f} ms, median of {PAIRS} back-to-back pairs, "
-              f"{torch.get_num_threads()} threads)")
+    summary_line(f"probe overhead, {contender} / bare forward+backward on {device}: {ratio:.3f} "
+                 f"({median * 1e3:.2f} ms / {bare_median * 1e3:.2f} ms, median of {PAIRS} back-to-back pairs, "
+                 f"{torch.get_num_threads()} threads)")
 
 
 def test_contenders_measure_the_same_pass(device: str, model_and_input) -> None:
