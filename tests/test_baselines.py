@@ -251,9 +251,13 @@ def test_chi_square_sees_rows_scattered_beyond_chance():
     assert bl.pooled_tests(one, _group(4, spread=0.0055))["chi2_z"].item() == pytest.approx(3.86, abs=0.01)
 
 
-def test_groups_need_a_pooled_row_and_enough_rows():
-    base = _group(12).iloc[:-1]  # no pooled row: how the rows co-vary is unknown
-    assert bl.pooled_tests(_values([3.0] * 12), base).empty
+def test_without_a_pooled_row_the_rows_are_taken_to_move_together():
+    base = _group(12).iloc[:-1]  # no pooled row (an MLP's layers): how the rows co-vary is unknown
+    groups = bl.pooled_tests(_values([3.0] * 12), base)
+    assert groups["r"].item() == 12 and groups["ok"].item() and math.isnan(groups["chi2_z"].item())
+    common = _values([9.0] * 12).iloc[:-1]  # every row 9 spreads up: inside its band (10 spreads + 2%), 12 times
+    assert bl.compare(common, base)["ok"].all()
+    assert bl.pooled_tests(common, base)["mean_z"].item() == pytest.approx(5.11, abs=0.01)  # normal_score(8.69, 15)
     assert bl.pooled_tests(_values([3.0] * 2), _group(2)).empty  # fewer than POOLED_MIN_ROWS
 
 
