@@ -314,6 +314,19 @@ def _drop_rezero_gate(mp):
     mp.setattr(TransformerBlock, "_branch", lambda self, x, f, norm, gate: branch(self, x, f, norm, None))
 
 
+def _one_block_branch_variance(mp):
+    """10% more output variance in one feed-forward branch of one block: no init statistic resolves it (the
+    seed-to-seed spread of a branch's std is 1-4% at the bench's sizes; scripts/detect_shifts.py --one-block)."""
+    init = TransformerBlock.__init__
+
+    def patched(self, cfg, index=0):
+        init(self, cfg, index)
+        if index == 1:
+            self.ffn.register_forward_hook(lambda module, inputs, y: y * math.sqrt(1.1))
+
+    mp.setattr(TransformerBlock, "__init__", patched)
+
+
 INJECTED = {  # change -> (patch, the check that must fail)
     "swiglu-gate-swapped": (_swap_swiglu_gate, lambda: check_ffn("swiglu")),
     "gelu-tanh-approximation": (_tanh_gelu, lambda: check_ffn("gelu")),
@@ -324,6 +337,7 @@ INJECTED = {  # change -> (patch, the check that must fail)
     "attention-scale-1/d_head": (_attention_scale, check_attention),
     "causal-mask-dropped": (_no_causal_mask, lambda: check_attention(causal=True)),
     "rezero-gate-dropped": (_drop_rezero_gate, lambda: check_block(rezero=True)),
+    "one-block-branch-variance-10%": (_one_block_branch_variance, check_transformer),
 }
 
 
