@@ -65,7 +65,7 @@ def _benchmark_options(config: pytest.Config) -> None:
     if not config.pluginmanager.hasplugin("benchmark"):
         return
     option = config.option
-    if option.collectonly:  # nothing runs, nothing to save: pytest-benchmark would warn "Not saving anything" (an error)
+    if option.collectonly:  # nothing runs, nothing to save: pytest-benchmark would warn "Not saving anything"
         option.benchmark_autosave, option.benchmark_save = False, None
     if config.getoption("--update-baselines"):
         if option.benchmark_only:
