@@ -300,7 +300,8 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
         wanted -= {"grad_norm", "grad_mean", "grad_std", "out_grad_norm"}
     wants = reduce.Wants.of(wanted, reference is not None)
     chosen = points(model, select)
-    names = {id(m): n for n, m in model.named_modules()}
+    modules = {id(m): (n, m) for n, m in model.named_modules()}
+    names = {key: n for key, (n, _) in modules.items()}
     device = _device(model, inputs)
     params = {id(p): p for pt in chosen for p in pt.params if p.requires_grad} if wants.grads else {}
     if device.type == "cpu" and _HOST_REDUCTIONS:
@@ -310,7 +311,7 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
     keep = Outputs() if keep_outputs else None
     recorder = _Recorder(sink, wants, unpack, keep, reference)
     grads: dict[int, tuple[slice, int, bool | None]] = {}
-    flipped = [m for m in model.modules() if train is not None and m.training != train]
+    flipped = [m for _, m in modules.values() if train is not None and m.training != train]
     buffers = _buffers(model) if train or (train is None and model.training) else None
     handles = []
     try:
@@ -319,8 +320,7 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
         preact_from: dict[int, list[Point]] = {}
         for point in chosen:
             handles += recorder.hooks(point, preact_from)
-        by_id = {id(m): m for m in model.modules()}
-        handles += [recorder.preact_hooks(by_id[key], owners) for key, owners in preact_from.items()]
+        handles += [recorder.preact_hooks(modules[key][1], owners) for key, owners in preact_from.items()]
         norm_only = wants.grads == 1
 
         def on_grad(p: torch.Tensor) -> None:  # as each .grad is accumulated, while it is still in cache
