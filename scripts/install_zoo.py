@@ -1,5 +1,6 @@
-"""Install initcore's ``zoo`` extra (transformers, and the torchvision that matches the installed torch) into
-the Python that runs this script, without ever replacing its torch.
+"""Install initcore's ``zoo`` extra (transformers, and the torchvision that matches the installed torch) and
+the ``mup`` package (the peer of initcore's muP) into the Python that runs this script, without ever
+replacing its torch.
 
     python scripts/install_zoo.py             # install; exit 1, loudly, if torch changed anyway
     python scripts/install_zoo.py --dry-run   # pip's plan only (its --dry-run --report); exit 1 if it holds torch
@@ -35,6 +36,12 @@ EXTRA = "zoo"
 # 2.13.0 -> 0.28.0); the project needs torch >= 2.2 (pyproject), where the rule holds.
 TORCHVISION_MINOR_OFFSET = 15
 TORCHVISION_PURE_DEPS = ("numpy", "pillow")  # its Requires-Dist besides torch (0.28.0: numpy, torch, pillow)
+# The peer that tests/init/test_mup.py checks initcore's muP against. Its metadata requires an unpinned torch
+# and torchvision (mup 1.0.0: numpy, pandas, pyyaml, seaborn, torch, torchvision, tqdm), so pip would replace
+# torch for it too: it comes with --no-deps, and of the rest what `import mup` needs (pyyaml, tqdm; seaborn
+# only for its plots, which initcore draws itself).
+PEERS = ("mup==1.0.0",)
+PEERS_PURE_DEPS = ("pyyaml", "tqdm")
 MIN_TORCH = (2, 5)  # transformers 5.x disables its torch models below torch 2.5 (utils/import_utils.py)
 
 
@@ -91,11 +98,11 @@ def installed_torch(python: str) -> tuple[str, str]:
 def plan(torch_version: str, requirements: list[str], torchvision: str) -> list[list[str]]:
     """The pip commands (arguments after ``pip``) that install the extra; ``{constraint}`` stands for a
     constraint file holding ``torch==<torch_version>``, so that no step can change torch: the extra's
-    requirements, then torchvision alone (``--no-deps``: its only other requirements, numpy and pillow,
-    are pure and installed in the first step)."""
+    requirements, then torchvision and the mup peer alone (``--no-deps``: their other requirements that
+    matter are pure and installed in the first step)."""
     hold = ["--constraint", "{constraint}"]
-    return [["install", *hold, *requirements, *TORCHVISION_PURE_DEPS],
-            ["install", *hold, "--no-deps", torchvision]]
+    return [["install", *hold, *requirements, *TORCHVISION_PURE_DEPS, *PEERS_PURE_DEPS],
+            ["install", *hold, "--no-deps", torchvision, *PEERS]]
 
 
 def would_install(python: str, steps: list[list[str]], constraint: str, pip_args: list[str],

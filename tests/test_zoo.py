@@ -85,14 +85,14 @@ def test_every_step_holds_torch_and_torchvision_comes_without_its_dependencies()
     for step in steps:
         assert step[:3] == ["install", "--constraint", "{constraint}"], step  # torch==<installed>, every step
         assert not [a for a in step if a.split("=")[0] == "torch"], step
-    assert steps[-1][3:] == ["--no-deps", "torchvision==0.28.0"]
+    assert steps[-1][3:] == ["--no-deps", "torchvision==0.28.0", *install_zoo.PEERS]
 
 
 @needs_zoo
 def test_pip_would_not_touch_torch(tmp_path):
     """pip's own dry run of the script's plan (--dry-run --report) installs no torch; and for the one step
-    whose package requires torch (torchvision==0.28.0 requires torch==2.13.0), not even into an
-    environment without any of the packages (--ignore-installed)."""
+    whose packages require torch (torchvision==0.28.0 requires torch==2.13.0, mup 1.0.0 any torch and
+    torchvision), not even into an environment without any of the packages (--ignore-installed)."""
     done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "pip would install:" in done.stdout and "torch==" not in done.stdout.split("pip would install:")[1]
@@ -101,7 +101,7 @@ def test_pip_would_not_touch_torch(tmp_path):
     hold = tmp_path / "hold-torch.txt"
     hold.write_text(f"torch=={torch_version}\n")
     found = install_zoo.would_install(sys.executable, [step], str(hold), [], ignore_installed=True)
-    assert [name for name, _ in found] == ["torchvision"], found
+    assert sorted(name for name, _ in found) == ["mup", "torchvision"], found
 
 
 # --- the torchvision shim -------------------------------------------------------------------------------------
