@@ -131,6 +131,17 @@ def _host_squares(a: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", head, head).sum(dtype=np.float64)) + float(tail.dot(tail))
 
 
+_ONES = {np.dtype(np.float32): np.ones(EXACT_FROM, np.float32), np.dtype(np.float64): np.ones(EXACT_FROM)}
+
+
+def _host_sum(a: np.ndarray, f: torch.Tensor) -> float:
+    """sum(a): up to EXACT_FROM entries a BLAS dot with ones (6 us on 32k floats, torch's sum 18-26 us, numpy's
+    12), as accurate as float32 allows (1.7e-7 relative there, measured); above, torch's cascade sum."""
+    if a.size <= EXACT_FROM:
+        return float(a.dot(_ONES[a.dtype][: a.size]))
+    return float(f.sum())
+
+
 def _device_squares(t: torch.Tensor) -> torch.Tensor:
     n = t.numel()
     if n <= EXACT_FROM or t.dtype == torch.float64:
@@ -150,8 +161,8 @@ def moments(f: torch.Tensor, host: bool) -> tuple[list, bool, bool]:
     values are [mean, sum of squared deviations] (``centred``), by the two-pass method, except on the
     host, where reading two sums costs no device sync: when every entry is finite and mean² <= var, so
     that sum(x²) - sum(x)²/n loses less than a digit, the one pass's [sum, sum of squares] suffices (and
-    ``finite`` is known). ``torch.std`` is slower than either. On the host the sum is torch's (a third
-    of numpy's time on a 1 MB gradient) and the sum of squares numpy's.
+    ``finite`` is known). ``torch.std`` is slower than either. On the host the sums are BLAS dots (``_host_sum``,
+    ``_host_squares``), torch's sum above EXACT_FROM entries (a third of numpy's time on a 1 MB gradient).
     """
     n = f.numel()
     if not host:
@@ -159,10 +170,10 @@ def moments(f: torch.Tensor, host: bool) -> tuple[list, bool, bool]:
         d = f - mean.to(f.dtype)
         return [mean, _device_squares(d)], True, False
     a = f.numpy()
+    total, squares = _host_sum(a, f), _host_squares(a)
+    if math.isfinite(squares) and 2 * total * total <= n * squares:
+        return [total, squares], False, True
     with np.errstate(all="ignore"):  # overflow and inf - inf become inf and NaN, as in torch
-        total, squares = float(f.sum().numpy()), _host_squares(a)
-        if math.isfinite(squares) and 2 * total * total <= n * squares:
-            return [total, squares], False, True
         d = a - np.float32(total / n) if a.dtype == np.float32 else a - total / n
         return [total / n, _host_squares(d)], True, False
 

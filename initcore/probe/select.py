@@ -54,15 +54,16 @@ class Point:
     output: int | str | None = None  # which element of a container output; None: the first floating tensor
 
 
-def points(model: nn.Module, select: Selection = None) -> list[Point]:
+def points(model: nn.Module, select: Selection = None, *, modules: dict[str, nn.Module] | None = None) -> list[Point]:
     """The measurement points of ``model`` for ``select`` (see the module docstring), in module order.
+    ``modules``: ``dict(model.named_modules())``, where the caller has walked the model already.
 
     Raises:
         ValueError: a selection that is none of the forms above, ``"declared"`` on a model that declares
             nothing, a declaration naming a module or parameter that does not exist, or a selection that
             matches no module (the message lists the model's modules).
     """
-    names = dict(model.named_modules())
+    names = dict(model.named_modules()) if modules is None else modules
     if select is None:
         found = _declared(model, names)
         return found if found else _check_found(_default(model), "default", model)
@@ -144,7 +145,7 @@ def _plain(module: nn.Module, name: str):
 
 def _declared(model: nn.Module, names: dict[str, nn.Module]) -> list[Point]:
     blocks = {n: m.block_index for n, m in names.items() if isinstance(_plain(m, "block_index"), int)}
-    params = dict(model.named_parameters())
+    params: dict[str, nn.Parameter] = {}  # filled at the first declaration that names parameters
     found = []
     for prefix, module in names.items():
         for rel, decl in (_plain(module, "MEASURE") or {}).items():
@@ -166,6 +167,7 @@ def _declared(model: nn.Module, names: dict[str, nn.Module]) -> list[Point]:
             if decl.params is None:
                 owned = _all_params(names[target])
             else:
+                params = params or dict(model.named_parameters())
                 missing = [p for p in decl.params if _join(prefix, p) not in params]
                 if missing:
                     raise ValueError(f"{type(module).__name__}.MEASURE[{rel!r}] names parameters {missing} "
