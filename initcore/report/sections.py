@@ -511,7 +511,7 @@ def _attention_section(runs: ReportRuns, seed: int) -> Section:
         "Block 0 of a pre-norm stack (experiments.ATTENTION_RUNS), forward pass only. Theory (pale bars): "
         "logit std = d sqrt(Var(W_q) Var(W_k)) m2, m2 the mean square of the normalized input, independent of "
         "d_head (the 1/sqrt(d_head) scaling cancels the sum's growth), from each strategy's promised variances "
-        "(experiments.promised_variance). Right: the entropy over log(keys); near 1 is near-uniform attention, "
+        "(init.promise). Right: the entropy over log(keys); near 1 is near-uniform attention, "
         "what small logits give at init; its Monte Carlo theory is in bench/test_attention_init.py.",
         table, lambda fig, lg=logits, t=table: draw.attention(fig, lg, t), size=(12.0, 4.8),
         checks=(Check("attention", "logit std = d sqrt(Var(W_q) Var(W_k)) m2", None,
