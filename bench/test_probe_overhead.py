@@ -5,8 +5,9 @@ The model is the notebook's depth experiment (``experiments.DEPTH_MLP`` with Xav
 
 - ``bare``: zero the grads, forward, ``mean()``, backward: the floor;
 - ``hooks``: bare with the hooks trace registers (a forward hook per activation module that hooks its
-  output's gradient, one per Linear for the pre-activation, a post-accumulate-grad hook per weight, the
-  attention watch around the forward), all doing nothing: what hooking costs before any statistic;
+  output's gradient, one per Linear for the pre-activation, a post-accumulate-grad hook per weight; no
+  attention watch, since the MLP declares no attention), all doing nothing: what hooking costs before any
+  statistic;
 - ``trace``: ``initcore.probe.trace``, every statistic, the generic probe (any model) on the MLP's
   declared rows, one host copy;
 - ``lean``: ``probe.trace(..., statistics="lean")``: each output's mean, std and rms and nothing of the
@@ -33,7 +34,6 @@ import torch
 
 from initcore import probe
 from initcore.experiments import DEPTH_INITS, DEPTH_MLP, MLPRun
-from initcore.probe.attention import SDPAWatch
 from initcore.timing import synchronize
 
 RUN = MLPRun(DEPTH_MLP, DEPTH_INITS["xavier"], batch=64)  # MLP 512 -> 512 x 10, tanh, Xavier uniform
@@ -64,9 +64,7 @@ def hooks(model: torch.nn.Module, x: torch.Tensor) -> None:
     handles += [layer.weight.register_post_accumulate_grad_hook(_nothing) for layer in model.layers]
     try:
         model.zero_grad(set_to_none=True)
-        with SDPAWatch(set(), _nothing):
-            out = model(x)
-        out.mean().backward()
+        model(x).mean().backward()
     finally:
         for handle in handles:
             handle.remove()

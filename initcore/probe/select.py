@@ -52,6 +52,7 @@ class Point:
     bounded: bool = False
     attention: bool = False  # takes the attention statistics of the SDPA calls made inside its module
     output: int | str | None = None  # which element of a container output; None: the first floating tensor
+    declared: bool = False  # from a MEASURE declaration
 
 
 def points(model: nn.Module, select: Selection = None, *, modules: dict[str, nn.Module] | None = None) -> list[Point]:
@@ -174,7 +175,7 @@ def _declared(model: nn.Module, names: dict[str, nn.Module]) -> list[Point]:
                                      f"that {type(model).__name__} does not have")
                 owned = tuple(params[_join(prefix, p)] for p in decl.params)
             found.append(Point(name, decl.kind, _layer(name, blocks), names[target], target, owned, preact,
-                               decl.bounded, decl.attention, decl.output))
+                               decl.bounded, decl.attention, decl.output, declared=True))
     return found
 
 

@@ -7,7 +7,8 @@ k-th (k >= 1, counting from 0) ``name#k``; its parameters' gradients, which accu
 are on the first row. Attention statistics come from ``scaled_dot_product_attention`` calls
 (``initcore.probe.attention``): they join the row of the innermost point declared ``attention`` that
 made the call, or the row of the calling module itself when it is selected; otherwise they get a row
-of their own, named after the calling module, of kind "attn".
+of their own, named after the calling module, of kind "attn". A model whose rows are all declared and
+none of them ``attention`` (initcore's MLP) makes no call to watch: its pass runs without the watch.
 """
 
 from __future__ import annotations
@@ -329,8 +330,9 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
 
         handles += [p.register_post_accumulate_grad_hook(on_grad) for p in params.values()]
         model.zero_grad(set_to_none=True)
+        unwatched = all(p.declared and not p.attention for p in chosen)  # declared, and no attention among them
         watch = attn.SDPAWatch(set(names), recorder.attention(_attention_owner(chosen, names), names)) \
-            if wants.attention else None
+            if wants.attention and not unwatched else None
         with torch.set_grad_enabled(loss_fn is not None and torch.is_grad_enabled()):
             if watch is not None:
                 with watch:

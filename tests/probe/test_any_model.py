@@ -12,8 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from initcore import probe
+from initcore.probe.attention import SDPAWatch
 
 TOL = {"rtol": 1e-5, "atol": 1e-7}  # float32 reductions of a few thousand numbers, in another order
 
@@ -471,3 +473,24 @@ def test_hooks_and_the_attention_watch_are_gone_after_a_failure():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     assert F.scaled_dot_product_attention is torch._C._nn.scaled_dot_product_attention
     assert not torch.overrides._get_current_function_mode_stack()
+
+
+def test_a_declared_model_gets_attention_where_it_declares_it(monkeypatch):
+    """Declare, don't detect: a model whose declared rows include no attention point runs unwatched (no
+    attention rows, nothing intercepted: initcore's MLP pays nothing for the watch); declaring the attention
+    module brings its statistics in, and a selection of an undeclared model watches every SDPA call."""
+    torch.manual_seed(0)
+    idx = torch.randint(0, 50, (3, 9))
+    model = NanoGPT()
+    watched = []
+    monkeypatch.setattr(SDPAWatch, "__enter__", lambda self: watched.append(self) or TorchFunctionMode.__enter__(self))
+    model.MEASURE = {f"h.{i}": probe_measure("block") for i in range(3)}
+    frame = probe.trace(model, idx, loss="random")
+    assert frame.module.tolist() == ["h.0", "h.1", "h.2"] and frame.logit_std.isna().all() and not watched
+    model.MEASURE = {**model.MEASURE, **{f"h.{i}.attn": probe_measure("attn", attention=True) for i in range(3)}}
+    frame = probe.trace(model, idx, loss="random")
+    assert frame.set_index("module").loc[[f"h.{i}.attn" for i in range(3)], "logit_std"].notna().all()
+    assert len(watched) == 1
+    del model.MEASURE
+    frame = probe.trace(model, idx, loss="random", select="blocks")
+    assert frame[frame.kind == "attn"].logit_std.notna().sum() == 3 and len(watched) == 2
