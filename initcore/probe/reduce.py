@@ -206,7 +206,7 @@ def output_raw(out: torch.Tensor, bounded: bool, sink: Sink, wants: Wants,
     if wants.moments:
         m, centred, finite = moments(f, host)
         values += m
-    a = f.numpy() if host else None
+    a = f.numpy() if host and (wants.extremes or wants.zeros or wants.nonfinite or wants.saturation) else None
     if wants.extremes:
         values += [float(a.min()), float(a.max())] if host else list(torch.aminmax(f))
     if wants.zeros:  # NaN is nonzero
