@@ -7,8 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from initcore.cli._common import (
     add_model_options,
     add_probe_options,
@@ -18,6 +16,7 @@ from initcore.cli._common import (
     describe,
     given,
 )
+from initcore.threads import one_thread
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -66,23 +65,20 @@ def run(args: argparse.Namespace) -> int:
     # One intra-op thread: the report's tensors are small, and on this 2-core machine two threads spin more
     # than they compute (a whole report: 28.5 s of CPU on one thread against 74 s on two, 2:27 against 6:27
     # wall on a loaded machine, 2026-12-03). Restored afterwards, for callers of main() in-process.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        report.require_matplotlib()  # before building a model or running anything
-        if args.model is None:
-            index = report.write_report(args.out, seed=args.seed)
-        else:
-            model, inputs = build_model_and_inputs(args)
-            check_select(args, model)
-            index = report.write_model_report(args.out, describe(args, model, inputs), model, inputs,
-                                              loss=default_loss(args), select=args.select, seed=args.seed)
+        with one_thread():
+            report.require_matplotlib()  # before building a model or running anything
+            if args.model is None:
+                index = report.write_report(args.out, seed=args.seed)
+            else:
+                model, inputs = build_model_and_inputs(args)
+                check_select(args, model)
+                index = report.write_model_report(args.out, describe(args, model, inputs), model, inputs,
+                                                  loss=default_loss(args), select=args.select, seed=args.seed)
     except report.PlottingUnavailable as e:
         print(f"initcore: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an unwritable --out
         raise ValueError(f"--out {args.out}: {e.strerror or e}") from None
-    finally:
-        torch.set_num_threads(threads)
     print(f"wrote {index} (open it in a browser)")
     return 0

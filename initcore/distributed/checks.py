@@ -17,10 +17,9 @@ model (``initcore.distributed.gather``):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -32,6 +31,7 @@ from torch import nn
 from initcore.distributed import launch
 from initcore.distributed.gather import RankResult, Recipe, Region, Scattered, assemble, run_recipe
 from initcore.models.roles import RoledParam
+from initcore.threads import one_thread
 
 # Family-wise false-alarm rates, split over the tests of one report by Bonferroni: with ~100 KS tests and
 # ~1000 shard pairs per report, each single test then runs at ~1e-5 and 1e-6, and a correct init fails a
@@ -240,17 +240,6 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    # Small SVDs and reductions: on a busy 2-core machine two threads contend and run 10-20x slower than one
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 _ONE_PROCESS: dict[tuple, dict[str, torch.Tensor]] = {}
 
 
@@ -259,7 +248,7 @@ def _one_process(reference: Callable[[torch.Generator], nn.Module], seed: int, k
     recipes sharing a reference (one model under FSDP and under TP) build it once."""
     if key is not None and (key, seed) in _ONE_PROCESS:
         return _ONE_PROCESS[(key, seed)]
-    with _one_thread():  # as the ranks run: a QR (orthogonal) rounds differently on two threads
+    with one_thread():  # as the ranks run: a QR (orthogonal) rounds differently on two threads
         state = floating_state(reference(torch.Generator().manual_seed(seed)))
     if key is not None:
         if len(_ONE_PROCESS) >= 16:
@@ -361,7 +350,7 @@ def declared_targets(recipe: Recipe, name: str, t: torch.Tensor, roles: Mapping[
 def _report(name: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
             one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor],
             recipe: Recipe) -> ShardReport:
-    with _one_thread():
+    with one_thread():  # small SVDs and reductions: two threads contend, 10-20x slower
         return _rows(name, sizes, runs, one_process, other_seed, recipe)
 
 

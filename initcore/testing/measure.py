@@ -8,9 +8,8 @@ behind the fixtures); ``initcore.testing.plugin`` wires them into ``trace_run`` 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,6 +21,7 @@ from torch import nn
 
 from initcore import baselines, experiments, probe
 from initcore.experiments import Run
+from initcore.threads import one_thread  # re-exported: the baselines run on one thread
 
 # Baselines are summaries over these seeds, never over the run's --seed: a fixed set makes the stored
 # files reproducible, and a --seed S run is then a genuinely new draw compared against them. Why 16 and
@@ -298,19 +298,6 @@ class Tracer:
 # --- baselines -------------------------------------------------------------------------------------------
 
 Remeasure = Callable[[int], pd.DataFrame]  # seed -> tidy rows (layer, statistic, value)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one CPU thread inside: a parallel CPU reduction splits its sum by thread count, so
-    its last bits depend on it; baselines generated on one thread are the same bytes whether the run
-    was serial or under pytest-xdist (where workers get fewer threads each)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class Baselines:

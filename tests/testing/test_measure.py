@@ -207,13 +207,6 @@ def test_baselines_store_update_then_read(tmp_path):
     assert cuda.flush() == [] and writer.path("exp").read_bytes() == before
 
 
-def test_one_thread_restores():
-    before = torch.get_num_threads()
-    with measure.one_thread():
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-
-
 def test_trace_cache_returns_copies():
     cache = measure.TraceCache()
     a = cache.get(measure.measure, TINY, 0, "cpu")
