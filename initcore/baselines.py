@@ -15,20 +15,20 @@ stays behind on purpose: deleting it would let two writers lock different inodes
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import fcntl
 import io
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from initcore.files import atomic_write
 
 KEY = ["config", "layer", "statistic"]
 COLUMNS = [*KEY, "mean", "spread", "n_seeds", "scale"]
@@ -542,24 +542,7 @@ def _write_atomic(path: Path, frame: pd.DataFrame) -> None:
     frame = frame.astype({"mean": object, "spread": object})
     frame["mean"], frame["spread"] = zip(*map(_storable_digits, frame["mean"], frame["spread"], frame["scale"]),
                                          strict=True) if len(frame) else ((), ())
-    text = frame.to_csv(index=False, lineterminator="\n")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a committed file should be readable by all
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, frame.to_csv(index=False, lineterminator="\n").encode("utf-8"), durable=True)
 
 
 def _storable_digits(mean: float, spread: float, scale: str) -> tuple[str, str]:

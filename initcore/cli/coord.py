@@ -7,13 +7,13 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from initcore import coord
 from initcore.cli._common import positive_int, print_frame, seed, strategy
+from initcore.files import atomic_write
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
 # Per element of the widest model, what a step holds: parameter, gradient, W_0 copy and Adam's two moments.
@@ -92,18 +92,6 @@ def check_memory(run: coord.CoordRun, device: str) -> None:
                          f"{available / 2**30:.1f} GiB is available on {device}; {hint}")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _figure(frame, title: str) -> bytes:
     import io
 
@@ -145,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
     print_frame(table, args.format)
     if not args.no_plot:
         stem = f"coord-{run.model}-{run.init.replace(':', '_')}-{run.optimizer}"
-        _atomic_write(out / f"{stem}.png", _figure(frame, title))
-        _atomic_write(out / f"{stem}.csv", table.to_csv(index=False).encode())
+        atomic_write(out / f"{stem}.png", _figure(frame, title))
+        atomic_write(out / f"{stem}.csv", table.to_csv(index=False).encode())
         if args.format == "table":
             print(f"wrote {out / stem}.png and .csv")
     return 0

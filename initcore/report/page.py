@@ -13,10 +13,10 @@ from __future__ import annotations
 import html
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from initcore.files import atomic_write
 from initcore.report.sections import Check, Section
 
 INSTALL_HINT = "matplotlib is not installed; pip install 'initcore[plot]'"
@@ -57,19 +57,6 @@ def require_matplotlib() -> None:
         from matplotlib.figure import Figure  # noqa: F401
     except ImportError as e:
         raise PlottingUnavailable(INSTALL_HINT) from e
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all at once: a reader sees the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def png(section: Section, dpi: int) -> bytes:

@@ -164,19 +164,3 @@ def test_without_matplotlib_nothing_is_run_or_written(tmp_path, monkeypatch):
     with pytest.raises(report.PlottingUnavailable, match=re.escape("pip install 'initcore[plot]'")):
         report.write_report(tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-def test_atomic_write_leaves_the_old_file_when_it_fails(tmp_path, monkeypatch):
-    target = tmp_path / "index.html"
-    target.write_text("old")
-    page.atomic_write(target, b"new")
-    assert target.read_text() == "new"
-
-    def fail(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(page.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        page.atomic_write(target, b"newer")
-    assert target.read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["index.html"]  # the temporary file is gone
