@@ -57,7 +57,7 @@ class CliParser(argparse.ArgumentParser):
 # --- option types: each raises ArgumentTypeError naming the valid range (argparse adds the option) -----
 
 
-def _integer(text: str, low: int, high: int, why: str = "") -> int:
+def integer_in(text: str, low: int, high: int, why: str = "") -> int:
     try:
         value = int(text)
     except ValueError:
@@ -68,15 +68,15 @@ def _integer(text: str, low: int, high: int, why: str = "") -> int:
 
 
 def positive_int(text: str) -> int:
-    return _integer(text, 1, SIZE_MAX)
+    return integer_in(text, 1, SIZE_MAX)
 
 
 def seed(text: str) -> int:
-    return _integer(text, 0, SEED_MAX, " (torch.Generator.manual_seed's range)")
+    return integer_in(text, 0, SEED_MAX, " (torch.Generator.manual_seed's range)")
 
 
 def non_negative_int(text: str) -> int:
-    return _integer(text, 0, SIZE_MAX)
+    return integer_in(text, 0, SIZE_MAX)
 
 
 def shape(text: str) -> tuple[int, ...]:
@@ -96,16 +96,23 @@ def strategy(text: str) -> str:
     return text
 
 
-def gain(text: str) -> float | str:
-    if text == "auto":
-        return text
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number or 'auto', got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def gain(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'auto', got {text!r}") from None
 
 
 def finite(text: str) -> float:

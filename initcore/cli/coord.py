@@ -4,7 +4,6 @@ print how much each layer's output moved per step and the fitted slope against w
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 
 from initcore import coord
-from initcore.cli._common import positive_int, print_frame, seed, strategy
+from initcore.cli._common import positive_float, positive_int, print_frame, seed, strategy
 from initcore.files import atomic_write
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
@@ -29,16 +28,6 @@ def widths(text: str) -> tuple[int, ...]:
     if list(values) != sorted(set(values)):
         raise argparse.ArgumentTypeError(f"must be distinct and increasing, got {text!r}")
     return values
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 
-from initcore.cli._common import positive_int, strategy
+from initcore.cli._common import integer_in, positive_int, strategy
 from initcore.distributed import EMBEDDINGS, PARALLELS, NaiveRecipe, RankFailure, TransformerRecipe, check
 from initcore.distributed.launch import BACKENDS
 from initcore.experiments import SMALL_TRANSFORMER
@@ -21,13 +21,7 @@ LINE_WIDTH = 120
 
 
 def world_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_WORLD_SIZE:
-        raise argparse.ArgumentTypeError(f"must be an integer in 1..{MAX_WORLD_SIZE}, got {text!r}")
-    return value
+    return integer_in(text, 1, MAX_WORLD_SIZE)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
