@@ -7,8 +7,9 @@ k-th (k >= 1, counting from 0) ``name#k``; its parameters' gradients, which accu
 are on the first row. Attention statistics come from ``scaled_dot_product_attention`` calls
 (``initcore.probe.attention``): they join the row of the innermost point declared ``attention`` that
 made the call, or the row of the calling module itself when it is selected; otherwise they get a row
-of their own, named after the calling module, of kind "attn". A model whose rows are all declared and
-none of them ``attention`` (initcore's MLP) makes no call to watch: its pass runs without the watch.
+of their own, named after the calling module, of kind "attn". A model that declares its rows itself
+(``MEASURE`` on the model) and none of them ``attention`` (initcore's MLP) makes no call to watch: its
+pass runs without the watch. A model that only contains such a model is watched as any other.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 
 from initcore.probe import attention as attn
 from initcore.probe import reduce
-from initcore.probe.select import Point, Selection, first_tensor, points
+from initcore.probe.select import Point, Selection, _plain, first_tensor, points
 
 ID_COLUMNS = ("module", "kind", "layer")
 STATISTICS: dict[str, str] = {
@@ -330,7 +331,8 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
 
         handles += [p.register_post_accumulate_grad_hook(on_grad) for p in params.values()]
         model.zero_grad(set_to_none=True)
-        unwatched = all(p.declared and not p.attention for p in chosen)  # declared, and no attention among them
+        # the model itself declares its rows and none is attention: it makes no call to watch
+        unwatched = bool(_plain(model, "MEASURE")) and all(p.declared and not p.attention for p in chosen)
         watch = attn.SDPAWatch(set(names), recorder.attention(_attention_owner(chosen, names), names)) \
             if wants.attention and not unwatched else None
         with torch.set_grad_enabled(loss_fn is not None and torch.is_grad_enabled()):

@@ -494,3 +494,26 @@ def test_a_declared_model_gets_attention_where_it_declares_it(monkeypatch):
     del model.MEASURE
     frame = probe.trace(model, idx, loss="random", select="blocks")
     assert frame[frame.kind == "attn"].logit_std.notna().sum() == 3 and len(watched) == 2
+
+
+class _WithDeclaredPart(nn.Module):
+    """A foreign model that contains a declared model (initcore's MLP) beside attention it declares nothing of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from initcore.models import MLP
+
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                         enable_nested_tensor=False)
+        self.head = MLP(32, 16, 2)
+
+    def forward(self, x):
+        return self.head(self.enc(x))
+
+
+def test_a_model_containing_a_declared_model_is_still_watched():
+    torch.manual_seed(0)
+    frame = probe.trace(_WithDeclaredPart(), torch.randn(2, 10, 32), loss="random")
+    attn = frame[frame.kind == "attn"]
+    assert attn.module.tolist() == ["enc.layers.0.self_attn", "enc.layers.1.self_attn"]
+    assert attn.logit_std.notna().all() and "head.layers.1" in frame.module.tolist()
