@@ -134,8 +134,8 @@ class Symptom:
     detect: Callable[[pd.DataFrame, Symptom], dict | None]  # frame -> evidence, or None if absent
 
 
-def _rows_where(op: str, kinds: tuple[str, ...] | None = None):
-    """A detector: rows of ``frame`` (of ``kinds``, if given) whose ``symptom.statistic`` is ``op`` threshold.
+def _rows_where(op: str, skip_kinds: tuple[str, ...] = ()):
+    """A detector: rows of ``frame`` (but those of ``skip_kinds``) whose ``symptom.statistic`` is ``op`` threshold.
 
     NaN means "does not apply" in a trace and is skipped; ``>`` counts +Inf as above any threshold.
     """
@@ -143,7 +143,7 @@ def _rows_where(op: str, kinds: tuple[str, ...] | None = None):
     def detect(frame: pd.DataFrame, symptom: Symptom) -> dict | None:
         if symptom.statistic not in frame.columns:
             return None
-        rows = frame if kinds is None else frame[frame["kind"].isin(kinds)]
+        rows = frame[~frame["kind"].isin(skip_kinds)] if skip_kinds and "kind" in frame.columns else frame
         values = pd.to_numeric(rows[symptom.statistic], errors="coerce")
         checked, values = rows[values.notna()], values[values.notna()]
         hit = values < symptom.threshold if op == "<" else ~(values <= symptom.threshold)
@@ -192,28 +192,32 @@ def _trend_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 def depth_trend(frame: pd.DataFrame) -> dict | None:
-    """Least-squares fit of log(std) against layer over the depth profile (see ``_trend_rows``).
+    """Least-squares fit of log(std) against each row's place in the depth profile (see ``_trend_rows``).
 
-    Returns ``statistic, layers, factor`` (exp of the slope: the per-layer factor), ``r2``, ``first``,
-    ``last`` (the measured std at both ends), or None with fewer than 3 layers of finite, positive std.
+    Returns ``statistic``, ``modules``, ``layers``, ``steps`` (the fitted rows' span in the profile),
+    ``factor`` (exp of the slope: the per-step factor), ``r2``, ``first``, ``last`` (the measured std at
+    both ends), or None with fewer than 3 layers of finite, positive std.
     A constant profile has r2 = 1 (nothing is left unexplained).
     """
     rows, column = _trend_rows(frame)
     if column not in rows.columns:
         return None
     std = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=np.float64)
-    layers = rows["layer"].to_numpy(dtype=np.float64)
     ok = np.isfinite(std) & (std > 0)
     if ok.sum() < _MIN_TREND_LAYERS:
         return None
-    x, y = layers[ok], np.log(std[ok])
+    # x: each row's place in the profile, in the order the rows ran, not its ``layer``: a foreign model's
+    # layer is the first integer of its name (nn.Sequential's Linear layers are 0, 2, 4, ...; ResNet's blocks
+    # 0, 1, 0, 1, ...), and the factor is per step of the profile. initcore's models: the same numbers.
+    x, y = np.arange(len(std), dtype=np.float64)[ok], np.log(std[ok])
     slope, intercept = np.polyfit(x, y, 1)
     total = float(np.sum((y - y.mean()) ** 2))
     resid = float(np.sum((y - (slope * x + intercept)) ** 2))
     r2 = 1.0 if total <= 1e-24 else 1.0 - resid / total
     used = rows[ok]
     return {"statistic": column, "modules": tuple(used["module"]), "layers": tuple(int(v) for v in used["layer"]),
-            "factor": math.exp(slope), "r2": r2, "first": float(std[ok][0]), "last": float(std[ok][-1])}
+            "steps": float(x[-1] - x[0]), "factor": math.exp(slope), "r2": r2, "first": float(std[ok][0]),
+            "last": float(std[ok][-1])}
 
 
 def _trend(direction: str):
@@ -223,7 +227,7 @@ def _trend(direction: str):
             return None
         r, (lo, hi) = fit["factor"], (fit["layers"][0], fit["layers"][-1])
         fast = r < 1 / symptom.threshold if direction == "shrinking" else r > symptom.threshold
-        if not (fast and abs(math.log(r)) * (hi - lo) > math.log(TREND_TOTAL)):
+        if not (fast and abs(math.log(r)) * fit["steps"] > math.log(TREND_TOTAL)):
             return None
         return {"modules": fit["modules"], "layers": fit["layers"], "n_checked": len(fit["modules"]), "value": r,
                 "evidence": f"{fit['statistic']} {direction} x{r:.3g} per layer over layers {lo}-{hi} "
@@ -232,7 +236,9 @@ def _trend(direction: str):
     return detect
 
 
-_NOT_BLOCK = ("linear", "attn", "ffn")  # a block row's gradient sums its attention's and feed-forward's
+# Every row's gradient is checked but a block's, which sums its attention's and feed-forward's: a foreign
+# model's rows are of any kind (conv2d, conv1d, layernorm, embedding, ...), and each owns its own gradient.
+_BLOCKS = ("block",)
 
 SYMPTOMS: dict[str, Symptom] = {s.name: s for s in (
     Symptom(
@@ -243,7 +249,7 @@ SYMPTOMS: dict[str, Symptom] = {s.name: s for s in (
          Fix("Use residual connections"),
          Fix("Switch to a pre-norm architecture", _model_change("norm_position", "pre")),
          Fix("Reduce network depth")),
-        _rows_where("<", _NOT_BLOCK)),
+        _rows_where("<", _BLOCKS)),
     Symptom(
         "exploding_gradients", "Exploding gradients", "grad_norm > 10", "grad_norm", 10.0,
         "the notebook's bound: a step of lr x 10 and more per weight matrix at init is unstable at usual "
@@ -252,7 +258,7 @@ SYMPTOMS: dict[str, Symptom] = {s.name: s for s in (
          Fix("Apply gradient clipping"),
          Fix("Use a smaller learning rate"),
          Fix("Add more regularization")),
-        _rows_where(">", _NOT_BLOCK)),
+        _rows_where(">", _BLOCKS)),
     Symptom(
         "dead_relu", "Dead ReLU units", "dead_frac > 0.6", "dead_frac", 0.6,
         "the notebook says over 50% zeros, but a healthy ReLU layer zeroes half its outputs: 0.5 plus noise "

@@ -339,3 +339,57 @@ def test_cli_diagnose_bad_input_is_one_line_and_status_2(capsys):
         cli.main(["diagnose", "--fixes", "-1"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "initcore: error: --fixes must be >= 0, got -1\n"
+
+
+# --- a model initcore did not write: rows of any kind, layers from names ------------------------------------
+
+
+def _foreign_trace(model, x):
+    import torch
+
+    from initcore import probe
+
+    torch.manual_seed(0)
+    return probe.trace(model, x)
+
+
+@pytest.mark.parametrize("std, symptom", [(1e-4, "vanishing_gradients"), (3.0, "exploding_gradients")])
+def test_gradients_of_every_kind_of_row_are_checked(std, symptom):
+    """A conv net's rows are conv2d rows: their gradients count as a Linear's do (only block rows, which sum
+    their parts', are left out). With every weight N(0, 1e-4^2) the first convs' grad_norm falls below 1e-6
+    (8.6e-10 and 6.3e-7); with N(0, 9) the convs' pass 10 (about 3e4)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
+    for m in net:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0, std)
+    frame = _foreign_trace(net, torch.randn(4, 3, 8, 8))
+    beyond = frame[(frame.grad_norm < 1e-6) if std < 1 else (frame.grad_norm > 10)]
+    assert "conv2d" in set(beyond.kind)  # the case is what it says: convs beyond the bound
+    modules = D.diagnose(frame).set_index("symptom").loc[symptom, "modules"]
+    assert set(modules) == set(beyond.module), (modules, beyond[["module", "grad_norm"]])
+
+
+def test_a_sequential_mlp_gets_the_depth_trend_of_initcore_s_mlp():
+    """nn.Sequential numbers its Linear layers 0, 2, 4, ...; the trend is per Linear layer all the same, and
+    the same network as initcore's MLP gives the same factor (Xavier on ReLU: variance halves per layer)."""
+    import torch
+    from torch import nn
+
+    from initcore.models import MLP
+
+    torch.manual_seed(0)
+    seq = nn.Sequential(*[m for _ in range(10) for m in (nn.Linear(256, 256, bias=False), nn.ReLU())][:-1])
+    ours = MLP(256, 256, 10, "relu", bias=False)
+    for theirs, mine in zip([m for m in seq if isinstance(m, nn.Linear)], ours.layers, strict=True):
+        nn.init.xavier_normal_(theirs.weight)
+        mine.weight.data.copy_(theirs.weight)
+    x = torch.randn(64, 256)
+    fit_seq, fit_ours = D.depth_trend(_foreign_trace(seq, x)), D.depth_trend(_foreign_trace(ours, x))
+    assert fit_seq["factor"] == pytest.approx(fit_ours["factor"], rel=1e-4)  # the same activations
+    assert fit_seq["layers"] == tuple(range(0, 19, 2)) and fit_seq["steps"] == 9
+    assert "shrinking_signal" in set(D.diagnose(_foreign_trace(seq, x))["symptom"])
