@@ -144,7 +144,9 @@ def _context(model: nn.Module, gain: float | None, generator, options, n_layers:
 
 
 def _check_guessed(strategy: Strategy, params: list[RoledParam]) -> None:
-    if not strategy.apart or any(p.role in strategy.apart for p in params):
+    # Only a role someone gave (a module's declaration, the roles mapping) shows the model's parts were told
+    # apart; one inferred from a type (nn.MultiheadAttention's out_proj) leaves its feed-forward guessed.
+    if not strategy.apart or any(p.role in strategy.apart and not p.inferred for p in params):
         return
     guessed = [p.name for p in params if p.inferred and p.role == "hidden"]
     if guessed:

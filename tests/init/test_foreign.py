@@ -90,6 +90,19 @@ def test_a_strategy_that_treats_residual_projections_apart_refuses_guessed_roles
     init.apply(Nano(), "xavier_uniform")  # treats every matrix alike: guessed roles are enough
 
 
+def test_an_attention_role_from_its_type_does_not_excuse_a_guessed_feed_forward():
+    """nn.TransformerEncoder: out_proj is attn_out by its type (nn.MultiheadAttention), but linear2, the
+    feed-forward's output into the stream, would be 'hidden' by its type alone: gpt2 refuses rather than
+    scale one residual projection and not the other; named, it applies."""
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2, enable_nested_tensor=False)
+    with pytest.raises(ValueError, match=r"treats attn_out, mlp_out apart.*layers\.0\.linear1\.weight"):
+        init.apply(enc, "gpt2")
+    init.apply(enc, "gpt2", roles={"*.linear1.weight": "mlp_in", "*.linear2.weight": "mlp_out"},
+               generator=torch.Generator().manual_seed(0))
+    # 2 blocks: 0.02 / sqrt(2 L); 2048 draws give the sample std an sd of 1.6%, so 10% is 6 sds
+    assert enc.layers[0].linear2.weight.std().item() == pytest.approx(0.02 / math.sqrt(4), rel=0.1)
+
+
 def test_bad_n_layers_and_missing_roles_are_named():
     with pytest.raises(ValueError, match="n_layers must be a positive integer, got 0"):
         init.apply(Nano(), "gpt2", roles=NANO_ROLES, n_layers=0)
