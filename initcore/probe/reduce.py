@@ -118,8 +118,16 @@ class Wants:
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
-    """``x`` flattened, outside the graph (a view: no no_grad context per hook call); half precision in float32."""
+    """``x`` flattened, outside the graph (a view: no no_grad context per hook call); half precision in float32.
+
+    A nested tensor (nn.TransformerEncoder's fast path with a padding mask) counts its components' entries,
+    not padding; a sparse one (an Embedding(sparse=True)'s gradient) counts as the dense tensor it stands for.
+    """
     x = x.detach()
+    if x.is_nested:
+        x = torch.cat([t.reshape(-1) for t in x.unbind()])
+    elif x.layout != torch.strided:
+        x = x.to_dense()
     return (x if x.dtype in (torch.float32, torch.float64) else x.float()).reshape(-1)
 
 

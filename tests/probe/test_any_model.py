@@ -517,3 +517,30 @@ def test_a_model_containing_a_declared_model_is_still_watched():
     attn = frame[frame.kind == "attn"]
     assert attn.module.tolist() == ["enc.layers.0.self_attn", "enc.layers.1.self_attn"]
     assert attn.logit_std.notna().all() and "head.layers.1" in frame.module.tolist()
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage:UserWarning")
+def test_nested_outputs_count_their_entries_not_padding():
+    """nn.TransformerEncoder with a padding mask and no gradient takes torch's fast path, whose layers
+    return nested tensors: a row's statistics are over the real tokens' entries only."""
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
+    pad = torch.zeros(2, 10, dtype=torch.bool)
+    pad[0, 5:] = True
+    batch = {"src": torch.randn(2, 10, 32), "src_key_padding_mask": pad}
+    frame = probe.trace(enc, batch, loss=None, statistics="lean", select="blocks").set_index("module")
+    with torch.no_grad():
+        out = enc.layers[0](batch["src"], src_key_padding_mask=pad)
+    real = torch.cat([out[0, :5], out[1]])  # sequence 0 has 5 tokens, sequence 1 all 10
+    _close(frame.loc["layers.0"].act_std, real.std())
+    _close(frame.loc["layers.0"].act_mean, real.mean(), rtol=0, atol=1e-6)  # a mean near 0: float32 sums
+
+
+def test_a_sparse_gradient_counts_as_its_dense_tensor():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Linear(8, 4))
+    idx = torch.randint(0, 50, (6, 5))
+    frame = probe.trace(model, idx).set_index("module")
+    dense = model[0].weight.grad.to_dense()
+    _close(frame.loc["0"].grad_norm, dense.norm())
+    _close(frame.loc["0"].grad_std, dense.std())
