@@ -5,9 +5,11 @@ printing a frame within 120 columns."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import pandas as pd
 import torch
@@ -237,7 +239,25 @@ def trace_model(args: argparse.Namespace, model: torch.nn.Module, inputs) -> tup
 
     loss = default_loss(args)
     check_select(args, model)
-    return probe.trace(model, inputs, loss=loss, select=args.select), loss
+    with user_model_errors(args):
+        return probe.trace(model, inputs, loss=loss, select=args.select), loss
+
+
+@contextlib.contextmanager
+def user_model_errors(args: argparse.Namespace) -> Iterator[None]:
+    """A model of the user's that fails on its inputs (a shape that does not fit, a dtype it does not take)
+    is bad input: one line naming --model and where the inputs came from, as a ValueError. initcore's own
+    models are built for their inputs, and their errors stay errors."""
+    if model_kind(args) != "user":
+        yield
+        return
+    try:
+        yield
+    except (RuntimeError, TypeError, IndexError) as e:
+        source = (f"--input-shape {','.join(map(str, args.input_shape))}" if args.input_shape is not None
+                  else "the inputs its factory returned")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--model {args.model} failed on {source}: {type(e).__name__}: {first}") from None
 
 
 def check_select(args: argparse.Namespace, model: torch.nn.Module) -> None:

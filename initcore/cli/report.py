@@ -15,6 +15,7 @@ from initcore.cli._common import (
     default_loss,
     describe,
     given,
+    user_model_errors,
 )
 from initcore.threads import one_thread
 
@@ -73,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
             else:
                 model, inputs = build_model_and_inputs(args)
                 check_select(args, model)
-                index = report.write_model_report(args.out, describe(args, model, inputs), model, inputs,
-                                                  loss=default_loss(args), select=args.select, seed=args.seed)
+                with user_model_errors(args):
+                    index = report.write_model_report(args.out, describe(args, model, inputs), model, inputs,
+                                                      loss=default_loss(args), select=args.select, seed=args.seed)
     except report.PlottingUnavailable as e:
         print(f"initcore: error: {e}", file=sys.stderr)
         return 2

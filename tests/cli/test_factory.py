@@ -174,6 +174,8 @@ def test_the_built_in_names_still_work(capsys):
     ("{m}:mlp", ["--input-shape", "8,16", "--select", "nothing*"], "--select nothing*: MLP has no module matching"),
     ("{m}:mlp", ["--input-shape", "100000000000,100000000000"], "--input-shape 100000000000,100000000000: "
                                                                 "10000000000000000000000 inputs of 4 bytes"),
+    ("{m}:sequential", ["--input-shape", "8,15"], "--model {m}:sequential failed on --input-shape 8,15: "
+                                                  "RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
 ])
 def test_bad_references_and_inputs_exit_2_with_one_line(capsys, user_module, reference, extra, message):
     argv = ["trace", "--model", reference.format(m=user_module), *(["--input-shape", "8,16"] if extra == [] else
