@@ -226,6 +226,8 @@ def test_mean_test_sees_a_shift_of_every_row_that_no_band_sees():
         bl.assert_matches(shifted, base)
     assert "0 of 13 statistics moved" in str(info.value) and "mean shifted" in str(info.value)
     assert bl.pooled_tests(_values([1.0] * 12), base)["ok"].all()  # mean_z 3.2: within chance
+    down = bl.pooled_tests(_values([-2.0] * 12), base)  # the same shift downwards: the test is two-sided
+    assert down["mean_z"].item() == pytest.approx(-6.22, abs=0.01) and down["problem"].item() == "mean shifted"
 
 
 def test_mean_test_allows_for_rows_that_move_together():
@@ -277,6 +279,24 @@ def test_pooled_false_alarm_rate_matches_its_derivation():
     chi2_z = (((u**2).sum(1) / m) ** (1 / 3) - 1 + 2 / (9 * m)) / math.sqrt(2 / (9 * m))
     assert (np.abs(mean_z) > 3).mean() == pytest.approx(2.7e-3, abs=1.5e-3)  # r >= 1 makes it no larger
     assert (chi2_z > 3).mean() == pytest.approx(1.35e-3, abs=1e-3)
+    # The formulas above are pooled_tests' own: its statistics on the first trials, as a baseline and a run
+    checked_chi2 = 0
+    for trial in range(3):
+        base = pd.DataFrame([row(layer=f"blocks.{i}.ffn", mean=mean[trial, i], spread=spread[trial, i], n_seeds=n)
+                             for i in range(m)] + [row(layer="blocks.*.ffn", mean=mean[trial].mean(),
+                                                       spread=pooled_spread[trial], n_seeds=n)])
+        new = rng.normal(size=m)
+        run = measured(*[("c", f"blocks.{i}.ffn", "act_std", math.exp(new[i])) for i in range(m)],
+                       ("c", "blocks.*.ffn", "act_std", math.exp(new.mean())))
+        got = bl.pooled_tests(run, base).iloc[0]
+        u_trial = bl.normal_score((new - mean[trial]) / (spread[trial] * math.sqrt(1 + 1 / n)), n - 1)
+        r_trial = min(m, max(1.0, pooled_spread[trial] ** 2 * m * m / (spread[trial] ** 2).sum()))
+        assert got["mean_z"] == pytest.approx(u_trial.sum() / math.sqrt(m * r_trial), rel=1e-3, abs=1e-3)
+        w = (((u_trial**2).sum() / m) ** (1 / 3) - 1 + 2 / (9 * m)) / math.sqrt(2 / (9 * m))
+        independent = r_trial < bl.INDEPENDENT_R
+        assert got["chi2_z"] == pytest.approx(w, rel=1e-3, abs=1e-3) if independent else math.isnan(got["chi2_z"])
+        checked_chi2 += independent
+    assert checked_chi2  # at least one trial's rows are independent enough for the chi-square
 def test_summarize_compare_end_to_end():
     # Synthetic act_std over 10 layers: gain 0.9 per layer, 0.3% seed noise per layer (width ~512).
     # Another seed must pass; 5% more std per layer (10% more weight variance) must fail.
