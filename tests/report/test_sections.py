@@ -167,8 +167,10 @@ def test_depth_scaling_attention_trap_and_width_hold_the_traced_numbers(built):
         row = attention[(attention["strategy"] == strategy) & (attention["seq_len"] == t)].iloc[0]
         fresh = _trace(run, loss=None)
         assert row["logit_std"] == pytest.approx(fresh[fresh["kind"] == "attn"]["logit_std"].iloc[0], rel=1e-12)
-        # theory: d sqrt(Var(W_q) Var(W_k)) m2, within the bench's tolerance at these sizes (a few %)
-        assert row["logit_std"] == pytest.approx(row["logit_std_theory"], rel=0.25)
+        # theory: d sqrt(Var(W_q) Var(W_k)) m2. These runs are the bench's at batch 2: log(measured / theory)
+        # over seeds 0..19 has |mean| <= 0.022 and spread <= 0.057 (8 tokens; 0.018 at 32), so 0.25 is the
+        # mean + 4 spreads (the bench's own runs, with 32x the tokens, hold 0.12: bench/test_attention_init.py)
+        assert abs(math.log(row["logit_std"] / row["logit_std_theory"])) <= 0.25, (strategy, t)
     trap = _csv(built, "mha_trap").groupby(["run", "block"])["logit_std_theory"].first()
     # torch's xavier_uniform_ on the packed (3E, E) in_proj: Var 1/(2E) against 1/E for separate projections
     assert trap[("torch_default-packed", 0)] / trap[("xavier_uniform-separate", 0)] == pytest.approx(0.5, rel=1e-3)
