@@ -39,7 +39,10 @@ setup:
 	  echo "*** make: rebuilding $(VENV)" >&2
 	  rm -rf "$(VENV)"
 	fi
-	if [ -f "$(RECORD)" ] && [ ! pyproject.toml -nt "$(RECORD)" ]; then exit 0; fi
+	# A newer pyproject.toml or install script (which writes .venv's torchvision import hook) redoes the installs.
+	if [ -f "$(RECORD)" ] && [ ! pyproject.toml -nt "$(RECORD)" ] && [ ! scripts/install_zoo.py -nt "$(RECORD)" ]; then
+	  exit 0
+	fi
 	test -x "$(BIN)/python" || $(PYTHON) -m venv --system-site-packages "$(VENV)"
 	if [ -n "$$torch_requested" ]; then
 	  echo "installing $(TORCH) into $(VENV)"
@@ -53,7 +56,8 @@ setup:
 	  torch_from='TORCH=$(TORCH)'
 	fi
 	"$(BIN)/python" -m pip install -q -e ".[dev]"
-	"$(BIN)/python" scripts/install_zoo.py -q  # the real models' extra; torchvision matched to torch, which stays
+	"$(BIN)/python" scripts/install_zoo.py -q  # the real models' extra; torchvision matched to torch, which stays,
+	# and importable in a fresh interpreter (a .pth hook in $(VENV), see initcore/torchvision_shim.py)
 	for script in $(SCRIPTS); do
 	  if [ ! -x "$(BIN)/$$script" ]; then
 	    version=$$("$(BIN)/python" -c "import importlib.metadata as m; print(m.version('$$script'))")

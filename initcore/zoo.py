@@ -14,16 +14,14 @@ a Hugging Face GPT-2, whose ``Conv1D`` weights are stored transposed, (in, out).
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
 import importlib.util
-import os
-import sys
 from typing import Any
 
 import torch
 from torch import nn
 
 from initcore.models.roles import Role
+from initcore.torchvision_shim import SHIMMED_SCHEMAS, torchvision_extension_loads, torchvision_ops_shim
 
 MIN_TORCH = "2.5"  # transformers 5.x disables its torch models below it (transformers/utils/import_utils.py)
 INSTALL = ("pip install 'initcore[zoo]' and then python scripts/install_zoo.py, which installs the torchvision "
@@ -39,68 +37,9 @@ GPT2_ROLES: dict[str, Role] = {
     "*h.*.mlp.c_proj.weight": Role("mlp_out", transposed=True),
 }
 
-# --- torchvision's import beside a torch its C++ ops were not built for ---------------------------------
-# A torchvision wheel from PyPI is a CUDA build. Beside a CPU torch (torch 2.13.0+cpu with torchvision
-# 0.28.0 here) its extension torchvision/_C cannot load; torchvision tolerates that (extension._has_ops()
-# is then False and the ops that need it raise a clear RuntimeError when called), except that its
-# _meta_registrations registers fake kernels for torchvision::nms and ::qnms unconditionally, so
-# `import torchvision` -- and `import transformers`, which imports torchvision when it is installed --
-# fails with "RuntimeError: operator torchvision::nms does not exist". Defining those two schemas (no
-# kernel) before the first import lets it through; GPT-2 and ResNet never call them, and
-# torchvision.ops.nms still raises torchvision's own error. Only done where the extension cannot load:
-# where it loads, it defines the real ops, and a second definition would be an error.
-SHIMMED_SCHEMAS = {
-    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-}
-_shim_library: torch.library.Library | None = None  # kept alive: dropping it would remove the schemas
-
-
-def _has_op(name: str) -> bool:
-    try:
-        getattr(torch.ops.torchvision, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-def torchvision_extension_loads() -> bool | None:
-    """Whether torchvision's C++ extension (``torchvision/_C``) loads beside this torch, found and loaded
-    the way torchvision's own ``extension.py`` does it; None if torchvision is not installed. Loading it
-    here is what ``import torchvision`` would do next anyway."""
-    spec = importlib.util.find_spec("torchvision")  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    directory = next(iter(spec.submodule_search_locations))
-    if os.name == "nt":  # as torchvision's _get_extension_path: its own DLLs beside the extension
-        os.add_dll_directory(directory)
-    loader = (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES)
-    found = importlib.machinery.FileFinder(directory, loader).find_spec("_C")
-    if found is None or found.origin is None:
-        return False
-    try:
-        torch.ops.load_library(found.origin)
-    except (OSError, RuntimeError):  # e.g. "libcudart.so.13: cannot open shared object file", undefined symbols
-        return False
-    return True
-
-
-def torchvision_ops_shim() -> tuple[str, ...]:
-    """Before the first import of torchvision or transformers: define the schemas that torchvision's import
-    needs where its C++ ops cannot load (see the comment above ``SHIMMED_SCHEMAS``). Returns the names
-    of the ops defined by this call: none where torchvision is missing, already imported, or its
-    extension loads."""
-    global _shim_library
-    if "torchvision" in sys.modules or _shim_library is not None:
-        return ()
-    if torchvision_extension_loads() in (None, True):
-        return ()
-    missing = [name for name in SHIMMED_SCHEMAS if not _has_op(name)]
-    if missing:
-        _shim_library = torch.library.Library("torchvision", "DEF")
-        for name in missing:
-            _shim_library.define(SHIMMED_SCHEMAS[name])
-    return tuple(missing)
+# torchvision beside a torch its C++ ops were not built for (PyPI's CUDA wheel beside the CPU torch): the
+# environment's .pth runs the shim at torchvision's first import (initcore.torchvision_shim); _import runs it
+# too, for an environment without that file.
 
 
 def _import(name: str) -> Any:

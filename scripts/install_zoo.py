@@ -13,9 +13,14 @@ build of about 5.5 GB). So the extra lists transformers (which does not depend o
 script picks torchvision 0.(N+15).P for torch 2.N.P, installs it with ``--no-deps``, holds torch to its
 installed version with a pip constraint in every step, and checks afterwards that torch is unchanged.
 
-A torchvision wheel from PyPI is a CUDA build: beside a CPU torch its C++ ops cannot load, which
-``initcore.zoo`` handles (see ``initcore.zoo.torchvision_ops_shim``). ``--torchvision SPEC`` installs
-another (e.g. ``"torchvision==0.28.0+cpu"`` with ``--pip-arg=--index-url=...`` for a CPU wheel index).
+A torchvision wheel from PyPI is a CUDA build: beside a CPU torch its C++ ops cannot load, and its import
+fails ("operator torchvision::nms does not exist") unless two schemas are defined first. So the script
+writes ``initcore-torchvision-shim.pth`` into the environment's site-packages: at every interpreter start it
+puts a hook on ``sys.meta_path`` (no torch imported) that runs ``initcore.torchvision_shim`` at the first
+import of torchvision, where the extension cannot load; then a fresh ``python -c "import torchvision; from
+transformers import GPT2LMHeadModel"`` works without importing initcore first (the script checks it).
+``--torchvision SPEC`` installs another (e.g. ``"torchvision==0.28.0+cpu"`` with
+``--pip-arg=--index-url=...`` for a CPU wheel index), for which the hook does nothing.
 Bad input exits 2 with one line.
 """
 
@@ -27,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -43,6 +49,8 @@ TORCHVISION_PURE_DEPS = ("numpy", "pillow")  # its Requires-Dist besides torch (
 PEERS = ("mup==1.0.0",)
 PEERS_PURE_DEPS = ("pyyaml", "tqdm")
 MIN_TORCH = (2, 5)  # transformers 5.x disables its torch models below torch 2.5 (utils/import_utils.py)
+# What a user of the environment runs without importing initcore first: it must work once the script is done.
+FRESH_IMPORT = "import torchvision; from transformers import GPT2LMHeadModel, LlamaForCausalLM"
 
 
 class UsageError(Exception):
@@ -170,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             if touched:
                 print(f"install_zoo: *** the plan would replace torch {before[0]} with {touched[0]}", file=sys.stderr)
                 return 1
+            from initcore.torchvision_shim import PTH_NAME
+
+            print(f"install_zoo: would write {Path(sysconfig.get_path('purelib')) / PTH_NAME}")
             return 0
         for step in steps:
             _pip(python, [a.replace("{constraint}", constraint) for a in step] + args.pip_arg)
@@ -178,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"install_zoo: *** TORCH WAS REPLACED: torch {before[0]} at {before[1]} is now torch {after[0]} at "
               f"{after[1]}. Rebuild the environment (make clean; make test) and report this.", file=sys.stderr)
         return 1
-    done = subprocess.run([python, "-c", "import initcore.zoo as z; print(z.require())"], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        print(f"install_zoo: *** installed, but the zoo does not import:\n{done.stderr}", file=sys.stderr)
-        return 1
+    from initcore import torchvision_shim  # installed before the zoo (make: pip install -e .)
+
+    pth = torchvision_shim.write_pth(sysconfig.get_path("purelib"))
+    print(f"install_zoo: wrote {pth} (torchvision's import hook)")
+    for code in (FRESH_IMPORT, "import initcore.zoo as z; print(z.require())"):
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"install_zoo: *** installed, but `python -c '{code}'` fails:\n{done.stderr}", file=sys.stderr)
+            return 1
     print(f"install_zoo: torch {after[0]} unchanged; {done.stdout.strip()}")
     return 0
 

@@ -1,6 +1,7 @@
-"""initcore.zoo and scripts/install_zoo.py: the install plan never replaces torch, the torchvision shim is
-needed and used only where torchvision's C++ ops are missing, the factories build offline, and a missing
-extra is an ImportError that names it.
+"""initcore.zoo, initcore.torchvision_shim and scripts/install_zoo.py: the install plan never replaces torch,
+the torchvision shim is needed and used only where torchvision's C++ ops are missing, the environment's .pth
+applies it in a fresh interpreter without importing torch at start, the factories build offline, and a
+missing extra is an ImportError that names it.
 
 The subprocess tests run a fresh interpreter: the shim must act before the first import of torchvision.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from initcore import torchvision_shim as shim
 from initcore import zoo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,29 +111,93 @@ def test_pip_would_not_touch_torch(tmp_path):
 
 def _clean_slate(monkeypatch):
     monkeypatch.delitem(sys.modules, "torchvision", raising=False)
-    monkeypatch.setattr(zoo, "_shim_library", None)
+    monkeypatch.setattr(shim, "_shim_library", None)
 
 
 @pytest.mark.parametrize("loads", [True, None])  # the extension loads; torchvision is not installed
 def test_no_shim_where_the_ops_load_or_torchvision_is_absent(monkeypatch, loads):
     _clean_slate(monkeypatch)
-    monkeypatch.setattr(zoo, "torchvision_extension_loads", lambda: loads)
+    monkeypatch.setattr(shim, "torchvision_extension_loads", lambda: loads)
     assert zoo.torchvision_ops_shim() == ()
-    assert zoo._shim_library is None
+    assert shim._shim_library is None
 
 
 def test_no_shim_where_the_ops_already_exist(monkeypatch):
     _clean_slate(monkeypatch)
-    monkeypatch.setattr(zoo, "torchvision_extension_loads", lambda: False)
-    monkeypatch.setattr(zoo, "_has_op", lambda name: True)
+    monkeypatch.setattr(shim, "torchvision_extension_loads", lambda: False)
+    monkeypatch.setattr(shim, "_has_op", lambda name: True)
     assert zoo.torchvision_ops_shim() == ()
-    assert zoo._shim_library is None
+    assert shim._shim_library is None
 
 
 def test_no_shim_once_torchvision_is_imported(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", object())
-    monkeypatch.setattr(zoo, "torchvision_extension_loads", lambda: pytest.fail("must not look"))
+    monkeypatch.setattr(shim, "torchvision_extension_loads", lambda: pytest.fail("must not look"))
     assert zoo.torchvision_ops_shim() == ()
+
+
+# --- the import hook the environment's .pth installs ----------------------------------------------------------
+
+
+def test_the_hook_waits_for_torchvision_then_runs_the_shim_once_and_leaves(monkeypatch):
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    shim.uninstall()
+    calls = []
+    monkeypatch.setattr(shim, "torchvision_ops_shim", lambda: calls.append(1) or ())
+    shim.install()
+    shim.install()  # idempotent
+    assert sum(isinstance(f, shim.ImportHook) for f in sys.meta_path) == 1
+    assert isinstance(sys.meta_path[0], shim.ImportHook)  # before the finder that would import torchvision
+    assert importlib.util.find_spec("json") is not None and calls == [] and shim.installed()
+    assert sys.meta_path[0].find_spec("torchvision") is None  # finds nothing itself: the ordinary finders do
+    assert calls == [1] and not shim.installed()
+
+
+def test_the_hook_never_breaks_an_import(monkeypatch):
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    shim.uninstall()
+    monkeypatch.setattr(shim, "torchvision_ops_shim", lambda: 1 / 0)
+    shim.install()
+    assert sys.meta_path[0].find_spec("torchvision") is None and not shim.installed()
+
+
+def test_the_pth_file_is_one_line_written_whole_and_silent_without_initcore(tmp_path):
+    """The file install_zoo writes is the same bytes every time and installs the hook; run where initcore
+    cannot be imported (no site-packages: ``-S``) its line is silent, not an error at every start."""
+    path = shim.write_pth(tmp_path)
+    first = Path(path).read_bytes()
+    assert shim.write_pth(tmp_path) == path and Path(path).read_bytes() == first
+    assert first.decode() == shim.PTH_LINE and first.count(b"\n") == 1 and first.startswith(b"import ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [shim.PTH_NAME]  # no temporary file left
+    done = subprocess.run([sys.executable, "-S", "-c", f"exec(open({path!r}).read()); import sys; "
+                           "print('initcore' in sys.modules)"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "False\n", "")
+    done = _python(f"from initcore import torchvision_shim as s; s.uninstall(); exec(open({path!r}).read()); "
+                   "print(s.installed())")
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
+
+
+@needs_zoo
+def test_a_fresh_interpreter_imports_torchvision_and_transformers_models(tmp_path):
+    """The environment's promise (issue 20): ``python -c "import torchvision; from transformers import
+    GPT2LMHeadModel, LlamaForCausalLM"`` exits 0 without importing initcore first, from a folder of the
+    user's. Fails in an environment without install_zoo's .pth, where the extension cannot load."""
+    command = "import torchvision; from transformers import GPT2LMHeadModel, LlamaForCausalLM"
+    assert install_zoo.FRESH_IMPORT == command  # what install_zoo checks after installing
+    done = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@needs_zoo
+def test_the_environment_starts_with_the_hook_and_without_torch():
+    """make's environment starts every interpreter with the hook on sys.meta_path and torch not imported:
+    the .pth costs a few standard-library imports, not torch's second."""
+    done = _python("import sys; from initcore import torchvision_shim as s; "
+                   "print(s.installed(), 'torch' in sys.modules)")
+    assert (done.returncode, done.stdout) == (0, "True False\n"), done.stderr
 
 
 @needs_zoo
@@ -140,7 +206,8 @@ def test_the_shim_is_needed_exactly_where_the_extension_cannot_load():
     wheel beside the CPU torch) and succeeds where it does; if a torchvision release stops needing the
     shim, this fails and says so."""
     done = _python("""
-        from initcore import zoo
+        from initcore import torchvision_shim, zoo
+        torchvision_shim.uninstall()  # the environment's hook, which would apply the shim
         print("LOADS", zoo.torchvision_extension_loads())
         import torchvision
     """)
@@ -166,7 +233,8 @@ def test_with_the_shim_both_libraries_import_and_the_models_build_offline(tmp_pa
         gpt2, inputs = zoo.gpt2(0)
         assert "torchvision" in sys.modules  # transformers imported it: the shim had to come first
         loads = __import__("torchvision").extension._has_ops()
-        shimmed = [n for n in zoo.SHIMMED_SCHEMAS if zoo._shim_library is not None]
+        shimmed = [n for n in zoo.SHIMMED_SCHEMAS if __import__("initcore.torchvision_shim")
+                   .torchvision_shim._shim_library is not None]
         versions = zoo.require()
         import torchvision
         try:
