@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -239,25 +240,78 @@ def trace_model(args: argparse.Namespace, model: torch.nn.Module, inputs) -> tup
 
     loss = default_loss(args)
     check_select(args, model)
-    with user_model_errors(args):
+    with user_model_errors(args, model):
         return probe.trace(model, inputs, loss=loss, select=args.select), loss
 
 
 @contextlib.contextmanager
-def user_model_errors(args: argparse.Namespace) -> Iterator[None]:
-    """A model of the user's that fails on its inputs (a shape that does not fit, a dtype it does not take)
-    is bad input: one line naming --model and where the inputs came from, as a ValueError. initcore's own
-    models are built for their inputs, and their errors stay errors."""
+def user_model_errors(args: argparse.Namespace, model: torch.nn.Module | None = None) -> Iterator[None]:
+    """A model of the user's that raises on its inputs (a shape that does not fit, a dtype it does not take,
+    an ``assert`` in its forward) is bad input: one line naming --model and where the inputs came from, as
+    a ValueError, with a hint where the inputs are the likely cause (``model``: to see an Embedding first).
+    initcore's own models are built for their inputs, and an exception raised in initcore's own code (its
+    innermost frame there) is a bug of initcore's: both stay errors."""
     if model_kind(args) != "user":
         yield
         return
     try:
         yield
-    except (RuntimeError, TypeError, IndexError) as e:
-        source = (f"--input-shape {','.join(map(str, args.input_shape))}" if args.input_shape is not None
-                  else "the inputs its factory returned")
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"--model {args.model} failed on {source}: {type(e).__name__}: {first}") from None
+    except Exception as e:
+        if _raised_in_initcore(e):
+            raise
+        raise ValueError(f"--model {args.model} failed on {_inputs_source(args)}: {_factory.one_line(e)}"
+                         f"{_inputs_hint(args, model, e)}") from None
+
+
+# initcore's torch function modes (the SDPA watch) pass every torch call of a model through these: an
+# error there is the call's, made by the model's code one frame up.
+_PASS_THROUGH = ("__torch_function__", "__torch_dispatch__")
+
+
+def _raised_in_initcore(e: BaseException) -> bool:
+    """Whether ``e`` was raised in initcore's own code: its innermost frame, pass-throughs aside, is there."""
+    frames = []
+    tb = e.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code)
+        tb = tb.tb_next
+    while len(frames) > 1 and frames[-1].co_name in _PASS_THROUGH:
+        frames.pop()
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # initcore/
+    return bool(frames) and os.path.abspath(frames[-1].co_filename).startswith(package + os.sep)
+
+
+def _inputs_source(args: argparse.Namespace) -> str:
+    if args.input_shape is None:
+        return "the inputs its factory returned"
+    shape_text = ",".join(map(str, args.input_shape))
+    return f"--input-shape {shape_text} --vocab {args.vocab}" if args.vocab else f"--input-shape {shape_text}"
+
+
+def _first_layer(model: torch.nn.Module | None) -> tuple[str, torch.nn.Module] | None:
+    """The first module (in registration order) that owns parameters itself, as a guess at the input layer."""
+    if model is None:
+        return None
+    return next(((n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))), None)
+
+
+def _inputs_hint(args: argparse.Namespace, model: torch.nn.Module | None, e: BaseException) -> str:
+    """Where ``--input-shape`` made the inputs: what to give instead, when the failure points at them."""
+    if args.input_shape is None:
+        return ""
+    if not args.vocab:
+        first = _first_layer(model)
+        if first is not None and isinstance(first[1], (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+            return (f"; its first layer, {first[0] or type(first[1]).__name__}, is an {type(first[1]).__name__}, "
+                    f"which takes token ids: add --vocab N (ids uniform in [0, N), N <= {first[1].num_embeddings})")
+        message = _factory.one_line(e)
+        if "'indices'" in message and "Long" in message:  # torch's embedding on float inputs, wherever it sits
+            return "; the model takes integer inputs (token ids): add --vocab N (ids uniform in [0, N))"
+        return ""
+    if len(args.input_shape) == 1:
+        return (f"; token ids are (batch, sequence): give two sizes, e.g. --input-shape {args.input_shape[0]},16 "
+                f"--vocab {args.vocab}")
+    return ""
 
 
 def check_select(args: argparse.Namespace, model: torch.nn.Module) -> None:

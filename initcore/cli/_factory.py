@@ -35,6 +35,34 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split()) or '(no message)'}"
 
 
+def root_cause(e: BaseException) -> BaseException:
+    """The exception at the bottom of ``e``'s chain (``raise ... from``, or raised while handling another):
+    what a traceback shows last. transformers' "Could not import module 'GPT2LMHeadModel'" hides its
+    cause there."""
+    seen = {id(e)}
+    while True:
+        below = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+        if below is None or id(below) in seen:
+            return e
+        seen.add(id(below))
+        e = below
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: message`` on one line, with the root cause's where the exception has one."""
+    root = root_cause(e)
+    return _one_line(e) + ("" if root is e else f" (caused by {_one_line(root)})")
+
+
+def _file_hint(module_name: str, attribute: str) -> str:
+    """For ``mygpt.py:make`` or ``models/mygpt.py:make``: the reference to give instead, else ''."""
+    if not module_name.endswith(".py"):
+        return ""
+    folder, stem = os.path.split(os.path.normpath(module_name[:-3]))
+    where = f" from {folder} (or with {folder} on PYTHONPATH)" if folder else ""
+    return f"; for the file {module_name}, give --model {stem}:{attribute}{where}"
+
+
 def resolve(reference: str) -> Callable:
     """The callable named by ``package.module:attribute[.attribute...]``.
 
@@ -46,19 +74,22 @@ def resolve(reference: str) -> Callable:
     if not module_name or not attribute or ":" in attribute or not all(
             part.isidentifier() for part in (*module_name.split("."), *attribute.split("."))):
         raise ValueError(f"--model {reference!r}: a model of your own is package.module:factory "
-                         "(dotted names, one colon), e.g. mymodels:build")
+                         f"(dotted names, one colon), e.g. mymodels:build{_file_hint(module_name, attribute)}")
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:  # the console script's path lacks it; python -m has ''
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
+        if _file_hint(module_name, attribute) and e.name in (module_name, module_name[:-3]):
+            raise ValueError(f"--model {reference}: no module named {module_name!r}"
+                             f"{_file_hint(module_name, attribute)}") from None
         if e.name == module_name or module_name.startswith(f"{e.name}."):  # it, not something it imports
             raise ValueError(f"--model {reference}: no module named {e.name!r} (run from the folder that holds "
                              f"it, or put that folder on PYTHONPATH)") from None
-        raise ValueError(f"--model {reference}: importing {module_name} failed: {_one_line(e)}") from None
-    except Exception as e:  # the user's module raised while importing: say what, not where
-        raise ValueError(f"--model {reference}: importing {module_name} raised {_one_line(e)}") from None
+        raise ValueError(f"--model {reference}: importing {module_name} failed: {one_line(e)}") from None
+    except Exception as e:  # the user's module raised while importing: say what and why, not where
+        raise ValueError(f"--model {reference}: importing {module_name} raised {one_line(e)}") from None
     target = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -93,7 +124,7 @@ def build(reference: str, seed: int) -> Built:
     try:
         made = factory(seed) if _takes_an_argument(factory) else factory()
     except Exception as e:
-        raise ValueError(f"--model {reference}: the factory raised {_one_line(e)}") from None
+        raise ValueError(f"--model {reference}: the factory raised {one_line(e)}") from None
     if isinstance(made, nn.Module):
         return Built(made, None)
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):

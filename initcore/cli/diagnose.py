@@ -12,6 +12,7 @@ from initcore.cli._common import (
     comment,
     describe,
     trace_model,
+    user_model_errors,
 )
 
 
@@ -50,5 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.health:
         from initcore import health
 
-        sys.stdout.write("\n" + diagnose.format_health(health.health_report(model, inputs)))
+        with user_model_errors(args, model):  # a second forward pass of the user's model
+            report = health.health_report(model, inputs)
+        sys.stdout.write("\n" + diagnose.format_health(report))
     return 0

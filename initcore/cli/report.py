@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 model, inputs = build_model_and_inputs(args)
                 check_select(args, model)
-                with user_model_errors(args):
+                with user_model_errors(args, model):
                     index = report.write_model_report(args.out, describe(args, model, inputs), model, inputs,
                                                       loss=default_loss(args), select=args.select, seed=args.seed)
     except report.PlottingUnavailable as e:

@@ -3,6 +3,7 @@ reference as one line with exit status 2."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from initcore import cli, probe
-from initcore.cli import _factory
+from initcore.cli import _common, _factory
 from initcore.models import MLP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +48,20 @@ class Tokens(nn.Module):
     def forward(self, idx):
         return self.out(self.emb(idx))
 
+class TokensBT(Tokens):
+    def forward(self, idx):
+        batch, seq = idx.shape  # a 1-D shape: "not enough values to unpack"
+        return super().forward(idx)
+
+class Asserts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+
+    def forward(self, x):
+        assert x.shape[0] > 8, "expected more than 8 samples"
+        return self.lin(x)
+
 def raises():
     return 1 / 0
 
@@ -59,6 +74,15 @@ def wrong_tuple():
 NOT_CALLABLE = 7
 """
 
+# As transformers' lazy import says it when torchvision fails beneath it: the cause is in the chain.
+CHAINED_IMPORT = """
+try:
+    raise RuntimeError("operator torchvision::nms does not exist")
+except RuntimeError as e:
+    raise ModuleNotFoundError("Could not import module 'GPT2LMHeadModel'. Are this object's requirements "
+                              "defined correctly?") from e
+"""
+
 
 @pytest.fixture
 def user_module(tmp_path, monkeypatch) -> str:
@@ -67,9 +91,10 @@ def user_module(tmp_path, monkeypatch) -> str:
     (tmp_path / f"{name}.py").write_text(USER_MODELS)
     (tmp_path / "broken_import.py").write_text("import not_installed_dependency_xyz\n")
     (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('no GPU here')\n")
+    (tmp_path / "chained_import.py").write_text(CHAINED_IMPORT)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # resolve() may put the folder on it: undone afterwards
-    for stale in ("broken_import", "raises_on_import"):
+    for stale in ("broken_import", "raises_on_import", "chained_import"):
         monkeypatch.delitem(sys.modules, stale, raising=False)
     return name
 
@@ -154,7 +179,8 @@ def test_the_built_in_names_still_work(capsys):
 @pytest.mark.parametrize("reference, extra, message", [
     ("no_such_module_xyz:build", [], "--model no_such_module_xyz:build: no module named 'no_such_module_xyz' (run "
                                      "from the folder that holds it, or put that folder on PYTHONPATH)"),
-    ("{m}:missing", [], "{m} has no attribute 'missing'; its callables: MLP, Tokens, mlp, raises, sequential"),
+    ("{m}:missing", [], "{m} has no attribute 'missing'; its callables: Asserts, MLP, Tokens, TokensBT, mlp, raises, "
+                        "sequential"),
     ("{m}:raises", [], "--model {m}:raises: the factory raised ZeroDivisionError: division by zero"),
     ("{m}:wrong_type", [], "the factory returned int; it must return an nn.Module, or (nn.Module, inputs)"),
     ("{m}:wrong_tuple", [], "the factory returned a tuple of 3 (MLP, Tensor, str)"),
@@ -176,6 +202,21 @@ def test_the_built_in_names_still_work(capsys):
                                                                 "10000000000000000000000 inputs of 4 bytes"),
     ("{m}:sequential", ["--input-shape", "8,15"], "--model {m}:sequential failed on --input-shape 8,15: "
                                                   "RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+    ("chained_import:f", [], "--model chained_import:f: importing chained_import failed: ModuleNotFoundError: "
+                             "Could not import module 'GPT2LMHeadModel'. Are this object's requirements defined "
+                             "correctly? (caused by RuntimeError: operator torchvision::nms does not exist)"),
+    ("{m}.py:mlp", [], "--model {m}.py:mlp: no module named '{m}.py'; for the file {m}.py, give --model {m}:mlp"),
+    ("models/{m}.py:mlp", [], "for the file models/{m}.py, give --model {m}:mlp from models (or with models on "
+                              "PYTHONPATH)"),
+    ("{m}:Asserts", [], "--model {m}:Asserts failed on --input-shape 8,16: AssertionError: expected more than 8 "
+                        "samples"),
+    ("{m}:Tokens", ["--input-shape", "4,8"], "--model {m}:Tokens failed on --input-shape 4,8: RuntimeError: "
+                                             "Expected tensor for argument #1 'indices'"),
+    ("{m}:Tokens", ["--input-shape", "4,8"], "; its first layer, emb, is an Embedding, which takes token ids: add "
+                                             "--vocab N (ids uniform in [0, N), N <= 50)"),
+    ("{m}:TokensBT", ["--input-shape", "32", "--vocab", "50"],
+     "--model {m}:TokensBT failed on --input-shape 32 --vocab 50: ValueError: not enough values to unpack (expected "
+     "2, got 1); token ids are (batch, sequence): give two sizes, e.g. --input-shape 32,16 --vocab 50"),
 ])
 def test_bad_references_and_inputs_exit_2_with_one_line(capsys, user_module, reference, extra, message):
     argv = ["trace", "--model", reference.format(m=user_module), *(["--input-shape", "8,16"] if extra == [] else
@@ -205,3 +246,25 @@ def test_the_console_script_imports_from_the_current_folder(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert pd.read_csv(io.StringIO(done.stdout))["kind"].tolist() == ["linear", "relu", "linear"]
+
+
+def test_an_error_raised_in_initcores_own_code_stays_an_error(user_module):
+    """Only what the user's model raises is bad input: an exception whose innermost frame is initcore's is a
+    bug of initcore's, and keeps its type and traceback."""
+    args = cli.build_parser().parse_args(["trace", "--model", f"{user_module}:mlp", "--input-shape", "8,16"])
+    with pytest.raises(argparse.ArgumentTypeError, match="must be an integer"):
+        with _common.user_model_errors(args):
+            _common.integer_in("x", 0, 1)
+
+
+@pytest.mark.parametrize("reference, extra, message", [
+    ("user_net:Asserts", ["--input-shape", "8,16"], "--model user_net:Asserts failed on --input-shape 8,16: "
+                                                    "AssertionError: expected more than 8 samples"),
+    ("user_net.py:Asserts", ["--input-shape", "8,16"], "for the file user_net.py, give --model user_net:Asserts"),
+])
+def test_a_users_failing_model_exits_2_with_one_line_as_a_user_runs_it(tmp_path, reference, extra, message):
+    (tmp_path / "user_net.py").write_text(USER_MODELS)
+    done = subprocess.run([sys.executable, "-m", "initcore", "trace", "--model", reference, *extra], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr.count("\n")) == (2, "", 1), done.stderr
+    assert done.stderr.startswith("initcore: error: ") and message in done.stderr
