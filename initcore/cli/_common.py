@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import math
 import os
 import sys
@@ -128,12 +129,19 @@ def finite(text: str) -> float:
     return value
 
 
+def did_you_mean(text: str, choices) -> str:
+    """``"; did you mean a, b?"`` for the choices close to ``text`` (difflib), else '': the end of a message
+    that has listed what is valid."""
+    close = difflib.get_close_matches(text, list(choices), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def model_name(text: str) -> str:
     """A built-in model's name, or ``package.module:factory`` (resolved when the model is built)."""
     if text in MODELS or _factory.is_reference(text):
         return text
     raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(MODELS)}, or "
-                                     "package.module:factory for a model of your own)")
+                                     f"package.module:factory for a model of your own){did_you_mean(text, MODELS)}")
 
 
 # --- which options the user gave (a default is not a choice) -------------------------------------------

@@ -12,6 +12,7 @@ tests/init/test_targets.py checks every rule against its declaration.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -110,7 +111,9 @@ def get(name: str) -> tuple[Strategy, dict[str, object]]:
             raise ValueError(f"strategy {name!r}: STD must be a positive finite number")
         return _REGISTRY["normal"], {"std": std}
     if arg or base not in _REGISTRY:
-        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(names())}")
+        close = ", ".join(difflib.get_close_matches(base, list(_REGISTRY), n=3))  # xavier: xavier_normal, ...
+        hint = f"; did you mean {close}?" if close else ""
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(names())}{hint}")
     return _REGISTRY[base], {}
 
 

@@ -45,6 +45,11 @@ CUDA = torch.cuda.is_available()
 
 @pytest.mark.parametrize("argv, message", [
     (["trace", "--init", "xavierr"], "unknown strategy 'xavierr'; valid: xavier_uniform"),
+    (["trace", "--init", "xavier"], "unknown strategy 'xavier'; valid: xavier_uniform, xavier_normal, kaiming_uniform"),
+    (["trace", "--init", "xavier"], "notebook_he_residual, mup; did you mean xavier_normal, xavier_uniform?"),
+    (["trace", "--model", "transfomer"], "invalid choice: 'transfomer' (choose from mlp, transformer, "
+                                         "torch_mha_transformer, or package.module:factory for a model of your own); "
+                                         "did you mean transformer, torch_mha_transformer?"),
     (["trace", "--init", "normal:-1"], "STD must be a positive finite number"),
     (["trace", "--activation", "swish"], "argument --activation: invalid choice"),
     (["trace", "--model", "cnn"], "argument --model: invalid choice: 'cnn' (choose from mlp, transformer"),

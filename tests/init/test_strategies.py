@@ -192,3 +192,12 @@ def test_bad_input_names_what_is_valid(name, kw, match):
 def test_auto_gain_without_a_torch_gain_says_what_to_do():
     with pytest.raises(ValueError, match="no gain for 'gelu'.*pass gain=<number>"):
         init.apply(MLP(4, 4, 2, "gelu"), "xavier_uniform", gain="auto")
+
+
+@pytest.mark.parametrize("name, close", [("xavier", "xavier_normal, xavier_uniform"), ("kaiming", "kaiming_normal, "
+                                         "kaiming_uniform"), ("gtp2", "gpt2"), ("mupp", "mup"), ("zzz", None)])
+def test_an_unknown_strategy_suggests_the_names_close_to_it(name, close):
+    """difflib's close matches end the message (after what is valid), for the library and the CLI alike."""
+    with pytest.raises(ValueError, match=f"unknown strategy '{name}'; valid: xavier_uniform") as exc:
+        init.get(name)
+    assert str(exc.value).endswith(f"; did you mean {close}?") if close else "did you mean" not in str(exc.value)
