@@ -5,23 +5,30 @@ A row holds, for one (config, layer, statistic), the mean and sample std ("sprea
 so the check is statistical rather than bit-exact: another seed, or CPU instead of CUDA, passes;
 a changed init scale, activation or residual fails. The device is never part of `config`.
 
-CSV columns: ``config, layer, statistic, mean, spread, n_seeds, scale``; with ``scale == "log"``
-mean and spread are of log(value). Rows are sorted naturally by key ("2" < "10"), and mean and spread
-are written only to the digits their band needs (``BAND_RESOLUTION``), so a diff of baselines/ shows
-real change, not rounding noise. Readers need no lock, since
-``os.replace`` shows them the old file or the new one. Writers serialize on ``<path>.lock``, which
-stays behind on purpose: deleting it would let two writers lock different inodes.
+CSV columns: ``config, layer, statistic, mean, spread, n_seeds, scale, value``; with ``scale == "log"``
+mean and spread are of log(value). ``value`` is one seed's own value of the row (``SeedRecord``, "same
+seed, same numbers"): beside each configuration's rows the file holds that seed's record, rows whose
+statistic is ``seed``, ``environment`` or ``digest`` (of the inputs and of each parameter), with only
+``value`` filled. Rows are sorted naturally by key ("2" < "10"), and mean and spread are written only to
+the digits their band needs (``BAND_RESOLUTION``), so a diff of baselines/ shows real change, not rounding
+noise. A file of the older 7 columns reads as one without seed values. Readers need no lock, since
+``os.replace`` shows them the old file or the new one. Writers serialize on a lock file in the temporary
+directory (``lock_path``: never beside the file a user commits), which stays behind on purpose: deleting
+it would let two writers lock different inodes.
 """
 
 from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import io
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,9 +39,16 @@ from initcore.files import atomic_write
 
 KEY = ["config", "layer", "statistic"]
 COLUMNS = [*KEY, "mean", "spread", "n_seeds", "scale"]
+FILE_COLUMNS = [*COLUMNS, "value"]  # the file's: the bands' columns and one seed's own value
 SCALES = ("linear", "log")
-UPDATE_COMMAND = "pytest bench --update-baselines"
+UPDATE_COMMAND = "pytest bench --update-baselines"  # the default; the plugin names the command that ran
 CORRUPT_HINT = "the file is corrupt: restore it from version control or regenerate it"
+# A seed record's rows (statistic -> what their layer is): the seed, the environment, the digests.
+SEED, ENVIRONMENT, INPUTS, PARAMETERS = "(seed)", "(environment)", "(inputs)", "(parameters)"
+RECORD_STATISTICS = ("seed", "environment", "digest")
+DIGEST_RE = re.compile(r"[0-9a-f]{16}")
+# A seed value is written as %.9g: a float32 exactly, a float64 to 5e-10 relative, far inside EXACT_RTOL.
+VALUE_FORMAT = "{:.9g}"
 
 # Positive, scale-like statistics vary multiplicatively (a deeper layer is a product of gains), so
 # they are summarized and compared in log space: a statistic named exactly one of these words, or
@@ -72,15 +86,19 @@ MAX_REPORTED_ROWS = 40
 
 
 class BaselineMissing(LookupError):
-    """No stored baseline for a configuration; the message says how to create one."""
+    """No stored baseline for a configuration; the message says how to create one (``command``)."""
+
+    def __init__(self, what: str, command: str = UPDATE_COMMAND):
+        self.what, self.command = what, command
+        super().__init__(f"{what}; run `{command}` to create it, then review and commit baselines/")
 
 
 class BaselineCorrupt(ValueError):
     """A baseline file that is not one: the one-line message names the file, the line and what is wrong."""
 
-    def __init__(self, path: str | os.PathLike, line: int, problem: str):
+    def __init__(self, path: str | os.PathLike, line: int, problem: str, command: str = UPDATE_COMMAND):
         self.path, self.line, self.problem = Path(path), line, problem
-        super().__init__(f"{path}, line {line}: {problem}; {CORRUPT_HINT} (`{UPDATE_COMMAND}`)")
+        super().__init__(f"{path}, line {line}: {problem}; {CORRUPT_HINT} (`{command}`)")
 
 
 class BaselineMismatch(AssertionError):
@@ -93,7 +111,7 @@ class BaselineMismatch(AssertionError):
     """
 
     def __init__(self, rows: pd.DataFrame, n_compared: int | None = None, pooled: pd.DataFrame | None = None,
-                 n_pooled: int = 0):
+                 n_pooled: int = 0, *, command: str = UPDATE_COMMAND, note: str | None = None):
         pooled = pd.DataFrame(columns=POOLED_COLUMNS) if pooled is None else pooled
         rows = _ranked(rows)
         self.rows, self.pooled = rows, pooled
@@ -110,7 +128,9 @@ class BaselineMismatch(AssertionError):
             for config, group in pooled.groupby("config", sort=False):
                 lines.append(_fit(f"config {config}"))
                 lines += _pooled_table(group)
-        lines.append(f"If the change is intended, run `{UPDATE_COMMAND}` and review the diff of baselines/.")
+        if note:
+            lines.append(note)
+        lines.append(f"If the change is intended, run `{command}` and review the diff of baselines/.")
         lines.append("If it is not, read the rows from the top: they moved furthest from their baselines.")
         super().__init__("\n".join(lines))
 
@@ -171,12 +191,14 @@ def summarize(
     frames_by_seed: Sequence[pd.DataFrame],
     config: str,
     scale_for: Callable[[str], str] | Mapping[str, str] | None = None,
+    at_seed: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Baseline rows for `config` from one tidy (layer, statistic, value) frame per seed.
 
     `scale_for` maps a statistic name to 'log' or 'linear' (a dict falls back to `default_scale`).
     Log needs positive values: a row with a zero, negative or NaN value is stored as linear.
     With one seed the spread is unknown and stored as 0, so only the floors of `compare` apply.
+    `at_seed`, a tidy frame of the record's seed, gives each row its ``value`` (NaN without it).
     """
     if not frames_by_seed:
         raise ValueError("summarize needs at least one frame (one per seed)")
@@ -199,7 +221,11 @@ def summarize(
         with np.errstate(invalid="ignore"):  # inf - inf in the spread of infinite values is NaN
             spread = float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
         rows.append((config, layer, statistic, float(np.mean(x)), spread, len(x), scale))
-    return _normalize(pd.DataFrame(rows, columns=COLUMNS))
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    if at_seed is not None:
+        values = _strings(_require(at_seed, ["layer", "statistic", "value"], "the seed's frame")).astype({"value": float})
+        out = out.merge(values, on=["layer", "statistic"], how="left")
+    return _normalize(out)
 
 
 def compare(
@@ -208,6 +234,8 @@ def compare(
     k: float = K,
     rel_floor: float = REL_FLOOR,
     abs_floor: float = ABS_FLOOR,
+    *,
+    command: str = UPDATE_COMMAND,
 ) -> pd.DataFrame:
     """One row per (config, layer, statistic): baseline, measured, allowed [low, high], ok, problem.
 
@@ -218,13 +246,10 @@ def compare(
     `baseline` raises BaselineMissing.
     """
     measured = _strings(_require(measured, [*KEY, "value"], "measured")).astype({"value": float})
-    baseline = _normalize(baseline)
+    baseline = _normalize(baseline).drop(columns="value")  # the seed's value is compare_seed's
     absent = sorted(set(measured["config"]) - set(baseline["config"]), key=_natural)
     if absent:
-        raise BaselineMissing(
-            f"no baseline for configuration(s) {', '.join(map(repr, absent))}; "
-            f"run `{UPDATE_COMMAND}` to create it, then review and commit baselines/"
-        )
+        raise BaselineMissing(f"no baseline for configuration(s) {', '.join(map(repr, absent))}", command)
     baseline = baseline[baseline["config"].isin(set(measured["config"]))]
     m = measured.merge(baseline, on=KEY, how="outer", indicator=True)
     log = (m["scale"] == "log").to_numpy()
@@ -276,15 +301,18 @@ def _z(m: pd.DataFrame) -> np.ndarray:
         return np.where(spread > 0, d / spread, np.where(d == 0, 0.0, np.sign(d) * np.inf))
 
 
-def assert_matches(measured: pd.DataFrame, baseline: pd.DataFrame, *, pooled: bool = True, **kw) -> pd.DataFrame:
+def assert_matches(measured: pd.DataFrame, baseline: pd.DataFrame, *, pooled: bool = True,
+                   command: str = UPDATE_COMMAND, note: str | None = None, **kw) -> pd.DataFrame:
     """`compare`, raising BaselineMismatch if any row is not ok or (``pooled``) any test of ``pooled_tests``
-    fails; the exception lists the failing rows, ranked by |z|, and the failing pooled tests."""
-    result = compare(measured, baseline, **kw)
+    fails; the exception lists the failing rows, ranked by |z|, and the failing pooled tests, then ``note``
+    (why the exact check of the same seed did not apply), and names ``command`` to regenerate."""
+    result = compare(measured, baseline, command=command, **kw)
     failed = result[~result["ok"]].reset_index(drop=True)
     groups = pooled_tests(measured, baseline) if pooled else pd.DataFrame(columns=POOLED_COLUMNS)
     failed_groups = groups[~groups["ok"]].reset_index(drop=True)
     if len(failed) or len(failed_groups):
-        raise BaselineMismatch(failed, n_compared=len(result), pooled=failed_groups, n_pooled=len(groups))
+        raise BaselineMismatch(failed, n_compared=len(result), pooled=failed_groups, n_pooled=len(groups),
+                               command=command, note=note)
     return result
 
 
@@ -378,62 +406,321 @@ def pooled_tests(measured: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame
     return out[(n >= POOLED_MIN_ROWS) & ~mixed].reset_index(drop=True)
 
 
-def load(path: str | os.PathLike) -> pd.DataFrame:
+# --- one seed, exactly ---------------------------------------------------------------------------------------
+# A band holds for any seed and any machine, and so cannot see a change smaller than the seed-to-seed spread.
+# At one seed on one machine the weights and inputs are the same bits before and after an edit of the model's
+# code, so a forward or backward that computes something else gives other numbers, to the last digits. The file
+# stores, per configuration, one seed's own value of every row and that seed's ``SeedRecord``; a run at that
+# seed, in that environment, with the same digests, must give every value within EXACT_RTOL (+ EXACT_ATOL).
+#
+# EXACT_RTOL: what varies at the same seed in one environment is the order of float32 reductions (a torch
+# thread count: the baselines are written on one thread, a plain run uses every core, pytest-xdist one per
+# worker). Measured 2026-12-07 on this machine (torch 2.x, MKL, AVX512) over every configuration the bench checks
+# at seed 0, on 1 and 2 threads and under -n 2, repeated (the bench's summary line "exact: ... largest relative
+# difference"; tests/testing/test_measure.py repeats it on a stable and a chaotic network): the largest relative
+# difference was MEASURED_RTOL below. A chaotic network amplifies rounding: its gradient rows get the run's own
+# ``measure.device_rtol``-style allowance (CHAOS_MARGIN * ROUNDOFF * amplification) where that is larger.
+# EXACT_ATOL: for values near 0 (a signed mean, a fraction of 0), 1e-6 absolute is float32 rounding of a mean of
+# O(1) numbers over >= 1e4 terms, far below one unit in 1e4 of a fraction.
+MEASURED_RTOL = 2e-5
+EXACT_RTOL = 1e-4  # 5x MEASURED_RTOL; a 1% change of one branch's output is 100x above it
+EXACT_ATOL = 1e-6
+SEED_COLUMNS = ["config", "layer", "statistic", "stored", "measured", "rel_diff", "moved", "order"]
+
+
+@dataclass(frozen=True)
+class SeedRecord:
+    """Where one seed's stored values came from: the seed, the environment (``name=value`` pairs: torch, device,
+    dtype, CPU kernels, BLAS), and digests of the inputs and of each parameter and buffer, in the model's order
+    (16 hex digits each; empty where the run is not built from a generator, e.g. the coordinate check's)."""
+
+    seed: int
+    environment: tuple[tuple[str, str], ...]
+    inputs: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def parameters(self) -> str:
+        """One digest of all parameters' digests (names included, in the file's order, whatever the model's)."""
+        if not self.params:
+            return ""
+        text = "".join(f"{name}={digest}\n" for name, digest in sorted(self.params, key=lambda p: _natural(p[0])))
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def environment_text(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.environment)
+
+    def rows(self, config: str) -> pd.DataFrame:
+        """The record as file rows (statistic seed, environment, digest; only ``value`` filled)."""
+        rows = [(SEED, "seed", str(self.seed)), (ENVIRONMENT, "environment", self.environment_text())]
+        if self.inputs:
+            rows.append((INPUTS, "digest", self.inputs))
+        if self.params:
+            rows.append((PARAMETERS, "digest", self.parameters))
+            rows += [(name, "digest", digest) for name, digest in self.params]
+        return pd.DataFrame([{"config": config, "layer": layer, "statistic": statistic, "mean": math.nan,
+                              "spread": math.nan, "n_seeds": 0, "scale": "", "value": value}
+                             for layer, statistic, value in rows], columns=FILE_COLUMNS)
+
+    def to_dict(self) -> dict:
+        """Plain lists (what pytest-xdist carries from a worker)."""
+        return {"seed": self.seed, "environment": [list(p) for p in self.environment], "inputs": self.inputs,
+                "params": [list(p) for p in self.params]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> SeedRecord:
+        return cls(int(data["seed"]), tuple(map(tuple, data["environment"])), str(data["inputs"]),
+                   tuple(map(tuple, data["params"])))
+
+
+def environment_pairs(text: str) -> tuple[tuple[str, str], ...] | None:
+    """``name=value`` words as pairs; None if a word is not one."""
+    pairs = [word.split("=", 1) for word in text.split()]
+    if not pairs or any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+        return None
+    return tuple((k, v) for k, v in pairs)
+
+
+def why_not_exact(record: SeedRecord | None, seed: int, environment: Iterable[tuple[str, str]]) -> str | None:
+    """None when the exact check of the same seed applies; else the one line saying why it does not."""
+    if record is None:
+        return ("the exact check did not apply: the baseline holds no seed values (an older file); "
+                "regenerate it to add them")
+    if seed != record.seed:
+        return (f"the exact check did not apply: this run's seed is {seed}, the baseline's values are seed "
+                f"{record.seed}'s (run without --seed for it)")
+    stored, here = dict(record.environment), dict(environment)
+    differ = [k for k in dict.fromkeys([*stored, *here]) if stored.get(k) != here.get(k)]
+    if differ:
+        what = ", ".join(f"{k} {stored.get(k, '-')} there, {here.get(k, '-')} here" for k in differ)
+        return f"the exact check did not apply: the baseline was written in another environment ({what})"
+    return None
+
+
+def changed_parameters(record: SeedRecord, params: Sequence[tuple[str, str]]) -> list[str]:
+    """Names (in ``params``' order, then the stored names this run lacks) whose digests differ from the record's."""
+    stored, here = dict(record.params), dict(params)
+    return [n for n, d in params if stored.get(n) != d] + [n for n, _ in record.params if n not in here]
+
+
+def parameters_differ(record: SeedRecord, params: Sequence[tuple[str, str]], inputs: str, shown: int = 3) -> str | None:
+    """The line for a run at the record's seed whose parameters or inputs are not the stored bits, else None."""
+    names = changed_parameters(record, params) if record.params else []
+    parts = []
+    if names:
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        parts.append(f"parameters differ at the same seed ({len(names)} of {len(record.params)}: "
+                     f"{', '.join(names[:shown])}{more}): the init changed, or the order of its random draws")
+    if record.inputs and inputs and inputs != record.inputs:
+        parts.append("the inputs differ at the same seed")
+    if not parts:
+        return None
+    return "the exact check did not apply: " + "; ".join(parts) + "; the bands decide"
+
+
+def compare_seed(measured: pd.DataFrame, rows: pd.DataFrame, rtol: float = EXACT_RTOL,
+                 atol: float = EXACT_ATOL, backward_rtol: float | None = None) -> pd.DataFrame:
+    """Each measured row against its stored seed value: stored, measured, rel_diff (|measured - stored| /
+    |stored|), moved (beyond ``rtol`` * |stored| + ``atol``; ``backward_rtol`` for gradient statistics), and
+    ``order``, the row's place in ``measured`` (the model's order, as ``measure.tidy`` gives it). Rows
+    without a stored value are left out."""
+    measured = _strings(_require(measured, [*KEY, "value"], "measured")).astype({"value": float})
+    measured = measured.assign(order=np.arange(len(measured)))
+    stored = rows if "value" in rows else rows.assign(value=math.nan)
+    stored = _strings(stored[[*KEY, "value"]]).astype({"value": float}).rename(columns={"value": "stored"})
+    m = measured.merge(stored[stored["stored"].notna()], on=KEY, how="inner")
+    x, s = m["value"].to_numpy(float), m["stored"].to_numpy(float)
+    backward = np.array(["grad" in name for name in m["statistic"]], dtype=bool)
+    relative = np.where(backward, rtol if backward_rtol is None else max(rtol, backward_rtol), rtol)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        diff = np.abs(x - s)
+        rel = np.where(diff == 0, 0.0, diff / np.abs(s))
+        close = diff <= relative * np.abs(s) + atol
+    same = (np.isnan(x) & np.isnan(s)) | (x == s)
+    return pd.DataFrame({"config": m["config"], "layer": m["layer"], "statistic": m["statistic"], "stored": s,
+                         "measured": x, "rel_diff": rel, "moved": ~(close | same), "order": m["order"]},
+                        columns=SEED_COLUMNS)
+
+
+class SeedMismatch(BaselineMismatch):
+    """At the baseline's own seed, in its environment, with its parameters and inputs, statistics moved from
+    their stored values: the model's code computes something else. ``rows`` holds the moved rows, ranked by
+    relative difference, each with the band's z and verdict (how large the change is against seed noise)."""
+
+    def __init__(self, moved: pd.DataFrame, n_compared: int, band: pd.DataFrame, seed: int, *,
+                 command: str = UPDATE_COMMAND, note: str | None = None):
+        band = band[[*KEY, "z", "ok", "problem"]] if len(band) else pd.DataFrame(columns=[*KEY, "z", "ok", "problem"])
+        rows = moved.merge(band, on=KEY, how="left")
+        rows = rows.assign(band=np.where(rows["ok"].fillna(True).astype(bool), "within band",
+                                         rows["problem"].fillna("").replace("", "outside band")))
+        rel = rows["rel_diff"].fillna(np.inf)
+        rows = rows.assign(_r=-rel).sort_values(["_r", "order"], kind="stable").drop(columns="_r")
+        rows = rows.reset_index(drop=True)
+        self.rows, self.pooled = rows, pd.DataFrame(columns=POOLED_COLUMNS)
+        lines = [f"{len(rows)} of {n_compared} statistics differ from their seed-{seed} values (same seed, same "
+                 f"environment, same parameters and inputs: the code computes something else):"]
+        for config, group in rows.head(MAX_REPORTED_ROWS).groupby("config", sort=False):
+            lines.append(_fit(f"config {config}"))
+            lines += _indented(group[["layer", "statistic", "stored", "measured", "rel_diff", "z", "band"]],
+                               "{:.6g}")
+        if len(rows) > MAX_REPORTED_ROWS:
+            lines.append(f"… {len(rows) - MAX_REPORTED_ROWS} more")
+        forward = rows[~rows["statistic"].str.contains("grad")]
+        first = (forward if len(forward) else rows).sort_values("order", kind="stable").iloc[0]
+        lines.append(_fit(f"first to move in the model's order: {first['layer']} {first['statistic']} "
+                          f"(rel_diff {first['rel_diff']:.3g}): the edit is there or just before it"))
+        inside = int((rows["band"] == "within band").sum())
+        lines.append(f"z is the change in seed spreads: {inside} of {len(rows)} rows moved less than the seed-to-seed "
+                     f"noise, which the bands alone would not see")
+        if note:
+            lines.append(note)
+        lines.append(f"If the change is intended, run `{command}` and review the diff of baselines/.")
+        lines.append("If it is not, start at the first row to move.")
+        AssertionError.__init__(self, "\n".join(lines))
+
+
+def assert_seed_matches(measured: pd.DataFrame, rows: pd.DataFrame, band: pd.DataFrame, seed: int, *,
+                        rtol: float = EXACT_RTOL, atol: float = EXACT_ATOL, backward_rtol: float | None = None,
+                        command: str = UPDATE_COMMAND) -> pd.DataFrame:
+    """``compare_seed``, raising ``SeedMismatch`` if a row moved (``band``: ``compare``'s table, for the verdicts)."""
+    result = compare_seed(measured, rows, rtol, atol, backward_rtol)
+    moved = result[result["moved"]]
+    if len(moved):
+        raise SeedMismatch(moved, len(result), band, seed, command=command)
+    return result
+
+
+# --- the file ----------------------------------------------------------------------------------------------------
+
+
+class Stored(NamedTuple):
+    """A baseline file read: the rows (band columns and ``value``) and each configuration's ``SeedRecord``."""
+
+    rows: pd.DataFrame
+    records: dict[str, SeedRecord]
+
+
+def read(path: str | os.PathLike, command: str = UPDATE_COMMAND) -> Stored:
     """Read and validate a baseline CSV; key and scale columns stay strings (layer "0" is not an int).
 
     Raises BaselineCorrupt, naming the line, for anything ``update`` would never have written: an empty
-    file, bytes that are not UTF-8 text, a header other than COLUMNS, a row with missing or extra fields,
-    an empty config or statistic, a mean that is not a finite number, a spread that is not a finite
-    number >= 0, n_seeds not a whole number >= 1, a scale not in SCALES, a key repeated.
+    file, bytes that are not UTF-8 text, a header other than FILE_COLUMNS (or the older COLUMNS), a row with
+    missing or extra fields, an empty config or statistic, a mean that is not a finite number, a spread that
+    is not a finite number >= 0, n_seeds not a whole number >= 1, a scale not in SCALES, a value that is not
+    a number, a key repeated, a seed record row that is malformed (a digest not 16 hex digits, a parameters
+    digest that does not match its parameters' digests).
     """
     data = Path(path).read_bytes()
+
+    def corrupt(line: int, problem: str) -> BaselineCorrupt:
+        return BaselineCorrupt(path, line, problem, command)
+
     if not data.strip():
-        raise BaselineCorrupt(path, 1, f"the file is empty; expected the header {','.join(COLUMNS)}")
+        raise corrupt(1, f"the file is empty; expected the header {','.join(FILE_COLUMNS)}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise BaselineCorrupt(path, line, f"byte 0x{data[exc.start]:02x} is not UTF-8 text") from None
+        raise corrupt(line, f"byte 0x{data[exc.start]:02x} is not UTF-8 text") from None
     if "\0" in text:
-        raise BaselineCorrupt(path, text[: text.index("\0")].count("\n") + 1, "a NUL byte: this is not text")
+        raise corrupt(text[: text.index("\0")].count("\n") + 1, "a NUL byte: this is not text")
     reader = csv.reader(io.StringIO(text, newline=""))
-    columns: dict[str, list] = {c: [] for c in COLUMNS}
+    columns: dict[str, list] = {c: [] for c in FILE_COLUMNS}
     seen: dict[tuple[str, str, str], int] = {}
+    records: dict[str, dict] = {}
     try:
         header = next(reader)
-        if header != COLUMNS:
+        if header not in (COLUMNS, FILE_COLUMNS):
             missing = [c for c in COLUMNS if c not in header]
             what = f"lacks column(s) {', '.join(missing)}" if missing else f"is {','.join(header)}"
-            raise BaselineCorrupt(path, 1, f"the header {what}; expected {','.join(COLUMNS)}")
+            raise corrupt(1, f"the header {what}; expected {','.join(FILE_COLUMNS)}")
+        width = len(header)
         for fields in reader:
             if not fields:  # a blank line
                 continue
             line = reader.line_num
-            if len(fields) != len(COLUMNS):
-                raise BaselineCorrupt(path, line, f"{len(fields)} fields, expected {len(COLUMNS)} "
-                                                  f"({','.join(COLUMNS)}): a truncated or garbled row")
+            if len(fields) != width:
+                raise corrupt(line, f"{len(fields)} fields, expected {width} ({','.join(header)}): a truncated or "
+                                    f"garbled row")
+            fields = fields + [""] * (len(FILE_COLUMNS) - width)
+            key = tuple(fields[:3])
+            if key in seen:
+                raise corrupt(line, f"repeats the key (config, layer, statistic) {key} of line {seen[key]}")
+            seen[key] = line
+            if fields[2] in RECORD_STATISTICS:
+                problem = _record_row(fields, records.setdefault(fields[0], {"lines": {}}), line)
+                if problem:
+                    raise corrupt(line, problem)
+                continue
             row = _parse_row(fields)
             if isinstance(row, str):
-                raise BaselineCorrupt(path, line, row)
-            key = row[:3]
-            if key in seen:
-                raise BaselineCorrupt(path, line, f"repeats the key (config, layer, statistic) {key} of line "
-                                                  f"{seen[key]}")
-            seen[key] = line
-            for column, value in zip(COLUMNS, row, strict=True):
+                raise corrupt(line, row)
+            for column, value in zip(FILE_COLUMNS, row, strict=True):
                 columns[column].append(value)
     except csv.Error as exc:
-        raise BaselineCorrupt(path, reader.line_num, f"not CSV ({exc})") from None
+        raise corrupt(reader.line_num, f"not CSV ({exc})") from None
     frame = pd.DataFrame(columns).astype(
         {"config": str, "layer": str, "statistic": str, "mean": float, "spread": float, "n_seeds": "int64",
-         "scale": str}
+         "scale": str, "value": float}
     )
-    return _sort(frame)
+    built = {}
+    for config, parts in records.items():
+        record = _record(parts)
+        if isinstance(record, tuple):
+            raise corrupt(*record)
+        built[config] = record
+    return Stored(_sort(frame), built)
+
+
+def _record_row(fields: list[str], parts: dict, line: int) -> str | None:
+    """Collect one seed record row into ``parts``; what is wrong with it, if anything."""
+    config, layer, statistic, mean, spread, n_seeds, scale, value = fields
+    if any((mean, spread, n_seeds, scale)):
+        return f"a {statistic} row has only a value; mean, spread, n_seeds and scale must be empty"
+    if statistic == "seed":
+        if layer != SEED or not value.isdigit():
+            return f"the seed row is {layer},{value}; expected {SEED} and a whole number >= 0"
+        parts["seed"] = int(value)
+    elif statistic == "environment":
+        pairs = environment_pairs(value)
+        if layer != ENVIRONMENT or pairs is None:
+            return f"the environment row is {layer},{value!r}; expected {ENVIRONMENT} and name=value words"
+        parts["environment"] = pairs
+    else:
+        if not DIGEST_RE.fullmatch(value):
+            return f"the digest of {layer} is {value!r}, not 16 hex digits"
+        if layer == INPUTS:
+            parts["inputs"] = value
+        elif layer == PARAMETERS:
+            parts["parameters"] = value
+        else:
+            parts.setdefault("params", []).append((layer, value))
+    parts["lines"].setdefault(layer if layer in (SEED, ENVIRONMENT, INPUTS, PARAMETERS) else "params", line)
+    return None
+
+
+def _record(parts: dict) -> SeedRecord | tuple[int, str]:
+    lines = parts["lines"]
+    anywhere = min(lines.values())
+    if "seed" not in parts or "environment" not in parts:
+        return anywhere, f"a seed record without its {'seed' if 'seed' not in parts else 'environment'} row"
+    params = sorted(parts.get("params", []), key=lambda p: _natural(p[0]))
+    record = SeedRecord(parts["seed"], parts["environment"], parts.get("inputs", ""), tuple(params))
+    if record.parameters != parts.get("parameters", ""):
+        return (lines.get(PARAMETERS, anywhere),
+                f"the digest of {PARAMETERS} is not that of the parameters' digests in the file (one was edited)")
+    return record
+
+
+def load(path: str | os.PathLike, command: str = UPDATE_COMMAND) -> pd.DataFrame:
+    """The rows of a baseline CSV (``read``), seed records left out: columns FILE_COLUMNS, ``value`` NaN
+    where no seed value is stored."""
+    return read(path, command).rows
 
 
 def _parse_row(fields: list[str]) -> tuple | str:
     """The typed row, or what is wrong with it (a string)."""
-    config, layer, statistic, mean, spread, n_seeds, scale = fields
+    config, layer, statistic, mean, spread, n_seeds, scale, value = fields
     if not config:
         return "the config is empty"
     if not statistic:
@@ -441,41 +728,63 @@ def _parse_row(fields: list[str]) -> tuple | str:
     numbers = []
     for name, text in (("mean", mean), ("spread", spread)):
         try:
-            value = float(text)
+            number = float(text)
         except ValueError:
             return f"{name} {text!r} is not a number"
-        if not math.isfinite(value):
+        if not math.isfinite(number):
             return f"{name} is {text}, not a finite number"
-        numbers.append(value)
+        numbers.append(number)
     if numbers[1] < 0:
         return f"spread {spread} is negative; a spread is a standard deviation, >= 0"
     if not (n_seeds.isdigit() and int(n_seeds) >= 1):
         return f"n_seeds {n_seeds!r} is not a whole number >= 1"
     if scale not in SCALES:
         return f"scale {scale!r} is not one of {', '.join(SCALES)}"
-    return config, layer, statistic, numbers[0], numbers[1], int(n_seeds), scale
+    try:
+        seed_value = float(value) if value else math.nan
+    except ValueError:
+        return f"value {value!r} is not a number"
+    if value and math.isnan(seed_value):
+        return "value is nan; a row without a seed value leaves it empty"
+    return config, layer, statistic, numbers[0], numbers[1], int(n_seeds), scale, seed_value
 
 
-def load_config(path: str | os.PathLike, config: str) -> pd.DataFrame:
+def load_config(path: str | os.PathLike, config: str, command: str = UPDATE_COMMAND) -> pd.DataFrame:
     """The rows of `config` in the file at `path`; BaselineMissing if file or config is absent."""
-    hint = f"run `{UPDATE_COMMAND}` to create it, then review and commit baselines/"
-    if not Path(path).exists():
-        raise BaselineMissing(f"no baseline file {path} (looking for {config!r}); {hint}")
-    frame = load(path)
-    rows = frame[frame["config"] == config].reset_index(drop=True)
+    return load_stored(path, config, command)[0]
+
+
+def load_stored(path: str | os.PathLike, config: str, command: str = UPDATE_COMMAND,
+                stored: Stored | None = None) -> tuple[pd.DataFrame, SeedRecord | None]:
+    """The rows of `config` and its seed record (None if the file has none), from ``stored`` if given (a file
+    already ``read``) else from `path`; BaselineMissing if file or config is absent."""
+    if stored is None:
+        if not Path(path).exists():
+            raise BaselineMissing(f"no baseline file {path} (looking for {config!r})", command)
+        stored = read(path, command)
+    rows = stored.rows[stored.rows["config"] == config].reset_index(drop=True)
     if rows.empty:
-        raise BaselineMissing(f"no baseline for configuration {config!r} in {path}; {hint}")
-    return rows
+        raise BaselineMissing(f"no baseline for configuration {config!r} in {path}", command)
+    return rows, stored.records.get(config)
 
 
 def update(path: str | os.PathLike, rows: pd.DataFrame) -> pd.DataFrame:
     """Merge `rows` into the file, replacing all rows of their configs; return the file's frame.
 
-    Holds an exclusive flock on `<path>.lock` around read-merge-write, so parallel xdist workers
+    Holds an exclusive flock on ``lock_path(path)`` around read-merge-write, so parallel xdist workers
     updating the same file lose nothing; output is sorted, so it does not depend on their order.
     An old file that is corrupt raises BaselineCorrupt (``replace_configs`` can drop it instead).
     """
     return replace_configs(path, rows, drop_corrupt=False).frame
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file that writers of ``path`` share: in the temporary directory, named by the file's absolute
+    path, so nothing is left beside the baselines a user commits."""
+    name = hashlib.blake2b(str(Path(path).resolve()).encode(), digest_size=10).hexdigest()
+    folder = Path(tempfile.gettempdir()) / "initcore-locks"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{Path(path).name}.{name}.lock"
 
 
 class Written(NamedTuple):
@@ -494,8 +803,10 @@ class Written(NamedTuple):
         return line
 
 
-def replace_configs(path: str | os.PathLike, rows: pd.DataFrame, *, drop_corrupt: bool = True) -> Written:
-    """Write the file once: the configurations of `rows`, and those of the old file that `rows` lacks.
+def replace_configs(path: str | os.PathLike, rows: pd.DataFrame, *, drop_corrupt: bool = True,
+                    records: Mapping[str, SeedRecord] | None = None) -> Written:
+    """Write the file once: the configurations of `rows` (with their seed ``records``, if any), and those of
+    the old file that `rows` lacks, with theirs.
 
     Locked and atomic as ``update``. With `drop_corrupt`, an old file that is not a baseline file is
     replaced by `rows` alone (``Written.dropped`` says why). `rows` must be storable (``check_storable``).
@@ -505,20 +816,23 @@ def replace_configs(path: str | os.PathLike, rows: pd.DataFrame, *, drop_corrupt
     check_storable(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     dropped = None
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
+    with open(lock_path(path), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            old = rows.iloc[:0]
+            old = Stored(rows.iloc[:0], {})
             if path.exists():
                 try:
-                    old = load(path)
+                    old = read(path)
                 except BaselineCorrupt as exc:
                     if not drop_corrupt:
                         raise
                     dropped = f"line {exc.line}: {exc.problem}"
-            kept = old[~old["config"].isin(set(rows["config"]))]
+            new = set(rows["config"])
+            kept = old.rows[~old.rows["config"].isin(new)]
             merged = _normalize(pd.concat([kept, rows], ignore_index=True))
-            _write_atomic(path, merged)
+            keep = {c: r for c, r in old.records.items() if c not in new}
+            keep.update({c: r for c, r in (records or {}).items() if c in new})
+            _write_atomic(path, merged, keep)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return Written(path, merged, rows["config"].nunique(), dropped)
@@ -538,11 +852,15 @@ def check_storable(rows: pd.DataFrame) -> None:
         )
 
 
-def _write_atomic(path: Path, frame: pd.DataFrame) -> None:
-    frame = frame.astype({"mean": object, "spread": object})
+def _write_atomic(path: Path, frame: pd.DataFrame, records: Mapping[str, SeedRecord] | None = None) -> None:
+    frame = frame.astype({"mean": object, "spread": object, "n_seeds": object, "value": object})
     frame["mean"], frame["spread"] = zip(*map(_storable_digits, frame["mean"], frame["spread"], frame["scale"]),
                                          strict=True) if len(frame) else ((), ())
-    atomic_write(path, frame.to_csv(index=False, lineterminator="\n").encode("utf-8"), durable=True)
+    frame["value"] = ["" if math.isnan(v) else VALUE_FORMAT.format(v) for v in frame["value"].astype(float)]
+    parts = [frame] + [r.rows(c).astype({"mean": object, "spread": object, "n_seeds": object}).assign(
+        mean="", spread="", n_seeds="") for c, r in (records or {}).items()]
+    out = _sort(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else frame
+    atomic_write(path, out[FILE_COLUMNS].to_csv(index=False, lineterminator="\n").encode("utf-8"), durable=True)
 
 
 def _storable_digits(mean: float, spread: float, scale: str) -> tuple[str, str]:
@@ -588,8 +906,10 @@ def _check_scale(scale: str) -> str:
 
 
 def _normalize(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = _strings(_require(frame, COLUMNS, "a baseline frame"))
-    frame = frame.astype({"mean": float, "spread": float, "n_seeds": "int64", "scale": str})
+    """The band rows with FILE_COLUMNS (``value`` NaN where a frame has none), typed, checked and sorted."""
+    frame = frame if "value" in frame else frame.assign(value=math.nan)
+    frame = _strings(_require(frame, FILE_COLUMNS, "a baseline frame"))
+    frame = frame.astype({"mean": float, "spread": float, "n_seeds": "int64", "scale": str, "value": float})
     for scale in set(frame["scale"]):
         _check_scale(scale)
     duplicated = frame[frame.duplicated(KEY)]

@@ -40,7 +40,8 @@ def test_summarize_log_and_linear_by_hand():
         seed_frame({("0", "act_std"): math.e**i, ("0", "dead_frac"): f}) for i, f in [(1, 0.1), (2, 0.2), (3, 0.6)]
     ]
     out = bl.summarize(frames, "mlp/xavier").set_index("statistic")
-    assert list(out.columns) == ["config", "layer", "mean", "spread", "n_seeds", "scale"]
+    assert list(out.columns) == ["config", "layer", "mean", "spread", "n_seeds", "scale", "value"]
+    assert out["value"].isna().all()  # no seed frame given: no seed values
     assert out.loc["act_std", ["scale", "n_seeds", "config", "layer"]].tolist() == ["log", 3, "mlp/xavier", "0"]
     assert out.loc["act_std", "mean"] == pytest.approx(2.0)
     assert out.loc["act_std", "spread"] == pytest.approx(1.0)
@@ -329,13 +330,13 @@ def test_csv_layout_round_trip_and_natural_order(tmp_path):
     first, second = tmp_path / "a" / "first.csv", tmp_path / "second.csv"
     bl.update(first, rows)  # also creates the missing parent directory
     assert first.read_text() == (
-        "config,layer,statistic,mean,spread,n_seeds,scale\n"
-        "b,,act_std,123456789,0,8,log\n"  # band half-width 0.02: 4 decimals for the mean, 5 for the spread
-        "c,2,act_std,-2,0.0125,8,log\n"  # 10 * 0.0125 + 0.02 = 0.145: 3 and 4
-        "c,3,act_std,0.123,0.0123,8,log\n"  # 0.143: 3 and 4
-        "c,10,dead_frac,0.25,0,8,linear\n"  # 0.01: 4 and 5
-        "c,blocks.2.attn,act_std,-46.05,0.25,8,log\n"  # 2.52: 2 and 3
-        "c,blocks.10.attn,act_std,0.3333,0,8,log\n"  # 0.02: 1e-9 rounds to 0
+        "config,layer,statistic,mean,spread,n_seeds,scale,value\n"
+        "b,,act_std,123456789,0,8,log,\n"  # band half-width 0.02: 4 decimals for the mean, 5 for the spread
+        "c,2,act_std,-2,0.0125,8,log,\n"  # 10 * 0.0125 + 0.02 = 0.145: 3 and 4
+        "c,3,act_std,0.123,0.0123,8,log,\n"  # 0.143: 3 and 4
+        "c,10,dead_frac,0.25,0,8,linear,\n"  # 0.01: 4 and 5
+        "c,blocks.2.attn,act_std,-46.05,0.25,8,log,\n"  # 2.52: 2 and 3
+        "c,blocks.10.attn,act_std,0.3333,0,8,log,\n"  # 0.02: 1e-9 rounds to 0
     )
     loaded = bl.load(first)
     assert loaded["layer"].tolist() == ["", "2", "3", "10", "blocks.2.attn", "blocks.10.attn"]
@@ -480,7 +481,8 @@ def test_failed_write_leaves_old_file_and_no_temp_files(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         bl.update(path, pd.DataFrame([row(mean=1.0)]))
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.csv", "exp.csv.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.csv"]  # no temporary file, and the lock elsewhere
+    assert bl.lock_path(path).exists() and bl.lock_path(path).parent != tmp_path
 
 
 def config_rows(i: int, round_: int) -> pd.DataFrame:
@@ -500,4 +502,4 @@ def test_concurrent_updates_lose_nothing(tmp_path):
                 bl.update(serial, config_rows(i, round_))
             assert sorted(set(bl.load(path)["config"])) == [f"cfg{i}" for i in range(8)]
             assert path.read_bytes() == serial.read_bytes()
-            assert sorted(p.name for p in path.parent.iterdir()) == ["exp.csv", "exp.csv.lock"]
+            assert sorted(p.name for p in path.parent.iterdir()) == ["exp.csv"]  # the lock is in the temp dir

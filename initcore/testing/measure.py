@@ -8,7 +8,10 @@ behind the fixtures); ``initcore.testing.plugin`` wires them into ``trace_run`` 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +33,9 @@ from initcore.threads import one_thread  # re-exported: the baselines run on one
 # (seen: seed 1 failed the silu/Xavier grad_norm of layers.4, whose 8-seed spread came out at 0.28 of the
 # true one, a 1-in-1300 draw). With 16 seeds P(|t_15| > 10/1.03) = 7e-8 per number: 2e-4 per run.
 BASELINE_SEEDS: tuple[int, ...] = tuple(range(1000, 1016))
+# The seed whose own values a baseline stores beside the bands (``baselines.SeedRecord``): the plugin's default
+# --seed, so a plain run is checked exactly, and any other seed by the bands alone.
+RECORD_SEED = 0
 
 # Which statistics a baseline holds is a fact of each run type (``run.statistics``; the choice and its
 # reasons are in initcore.experiments, beside MLP_STATISTICS).
@@ -108,6 +114,75 @@ def move(inputs, device: str | torch.device, dtype: torch.dtype | None = None):
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(move(v, device, dtype) for v in inputs)
     return inputs
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """16 hex digits of a tensor's dtype, shape and bytes (on the CPU): equal only for the same bits."""
+    t = tensor.detach().cpu().contiguous()
+    h = hashlib.blake2b(f"{t.dtype} {tuple(t.shape)};".encode(), digest_size=8)
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def inputs_digest(inputs) -> str:
+    """One digest of a run's inputs (a tensor, tuples, lists and dicts of them; other values by their repr)."""
+    h = hashlib.blake2b(digest_size=8)
+
+    def walk(x, name: str) -> None:
+        if isinstance(x, torch.Tensor):
+            h.update(f"{name}={tensor_digest(x)};".encode())
+        elif isinstance(x, Mapping):
+            for k in x:
+                walk(x[k], f"{name}.{k}")
+        elif isinstance(x, (tuple, list)):
+            for i, v in enumerate(x):
+                walk(v, f"{name}[{i}]")
+        else:
+            h.update(f"{name}={x!r};".encode())
+
+    walk(inputs, "")
+    return h.hexdigest()
+
+
+def parameter_digests(model: nn.Module) -> tuple[tuple[str, str], ...]:
+    """``(name, digest)`` of every parameter and buffer (``state_dict``), in the model's order."""
+    return tuple((name, tensor_digest(t)) for name, t in model.state_dict().items())
+
+
+@functools.cache
+def _torch_facts() -> tuple[tuple[str, str], ...]:
+    blas = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+    return (("torch", torch.__version__), ("cpu", torch.backends.cpu.get_cpu_capability()),
+            ("blas", blas.group(1) if blas else "unknown"))
+
+
+def environment(device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> tuple[tuple[str, str], ...]:
+    """What changes the last digits of a statistic at a fixed seed, as ``name=value`` pairs: torch's version,
+    the device type (and the GPU's name), the dtype, the CPU's kernels and the BLAS. The thread count is not
+    among them: it changes the order of float32 reductions, within ``baselines.EXACT_RTOL`` (measured)."""
+    kind = torch.device(device).type
+    pairs = [("torch", dict(_torch_facts())["torch"]), ("device", kind),
+             ("dtype", str(dtype or torch.get_default_dtype()).removeprefix("torch."))]
+    if kind == "cuda":
+        pairs.append(("gpu", torch.cuda.get_device_name(torch.device(device)).replace(" ", "_")))
+    return (*pairs, *_torch_facts()[1:])
+
+
+def seed_record(run: Run, seed: int, device: str | torch.device = "cpu") -> baselines.SeedRecord:
+    """The record of ``run`` at ``seed``: this environment, and the digests of the model and inputs that
+    ``run.build`` draws from that seed on the CPU (none for a run without ``build``: the coordinate check's)."""
+    env = environment(device)
+    if not callable(getattr(run, "build", None)):
+        return baselines.SeedRecord(seed, env)
+    model, inputs, _ = build(run, seed)
+    return baselines.SeedRecord(seed, env, inputs_digest(inputs), parameter_digests(model))
+
+
+def exact_backward_rtol(run: Run) -> float:
+    """The exact check's tolerance for gradient statistics: ``baselines.EXACT_RTOL``, or where the network
+    amplifies rounding by A (``rounding_amplification``), CHAOS_MARGIN * ROUNDOFF * A if larger (as between
+    devices: a thread count perturbs float32 rounding as a device does)."""
+    return max(baselines.EXACT_RTOL, CHAOS_MARGIN * ROUNDOFF * rounding_amplification(run))
 
 
 def parameter_stats(model: nn.Module) -> pd.DataFrame:
@@ -305,44 +380,63 @@ class Baselines:
 
     With ``update``, ``rows`` measures the configuration at every seed of ``BASELINE_SEEDS`` (through
     the ``remeasure`` callback, one seed at a time: only the tidy rows of each seed are kept) and
-    summarizes; if ``write``, the rows are staged, and ``flush`` writes each staged file once, merged
-    with the configurations of the old file that this session did not measure (atomic, flock-guarded).
-    So an interrupted session, which does not flush, leaves every file as it was, and a finished one
-    replaces each file it touched whole. Results are cached per (experiment, config, tag).
+    summarizes, with the values of RECORD_SEED and its ``SeedRecord`` (through ``record``); if ``write``,
+    the rows are staged, and ``flush`` writes each staged file once, merged with the configurations of the
+    old file that this session did not measure (atomic, flock-guarded). So an interrupted session, which
+    does not flush, leaves every file as it was, and a finished one replaces each file it touched whole.
+    Results are cached per (experiment, config, tag), files read once per session.
     """
 
     def __init__(self, directory: str | Path, *, update: bool = False, seeds: Iterable[int] = BASELINE_SEEDS,
-                 on_check: Callable[[str, str, str, int], None] | None = None) -> None:
+                 on_check: Callable[..., None] | None = None, record_seed: int = RECORD_SEED) -> None:
         self.directory = Path(directory)
         self.update = update
         self.seeds = tuple(seeds)
-        self.on_check = on_check  # (experiment, config, device, statistics compared), for the run's summary
-        self._rows: dict[tuple[str, str, str], pd.DataFrame] = {}
+        self.record_seed = record_seed
+        self.on_check = on_check  # (experiment, config, device, statistics compared, exact), for the summary
+        self._rows: dict[tuple[str, str, str], tuple[pd.DataFrame, baselines.SeedRecord | None]] = {}
+        self._files: dict[Path, baselines.Stored] = {}
         self.staged: dict[str, dict[str, pd.DataFrame]] = {}  # experiment -> config -> rows to write
+        self.records: dict[str, dict[str, baselines.SeedRecord]] = {}  # experiment -> config -> its record
 
     def path(self, experiment: str) -> Path:
         return self.directory / f"{experiment}.csv"
 
     def rows(self, experiment: str, config: str, remeasure: Remeasure, *, write: bool = True,
-             tag: str = "") -> pd.DataFrame:
+             tag: str = "", record: Callable[[int], baselines.SeedRecord] | None = None,
+             command: str = baselines.UPDATE_COMMAND) -> pd.DataFrame:
         """The baseline rows of ``config``; raises ``baselines.BaselineMissing`` when there are none and
         ``baselines.BaselineCorrupt`` for a file that is not a baseline file."""
+        return self.entry(experiment, config, remeasure, write=write, tag=tag, record=record, command=command)[0]
+
+    def entry(self, experiment: str, config: str, remeasure: Remeasure, *, write: bool = True, tag: str = "",
+              record: Callable[[int], baselines.SeedRecord] | None = None,
+              command: str = baselines.UPDATE_COMMAND) -> tuple[pd.DataFrame, baselines.SeedRecord | None]:
+        """``rows`` and the configuration's ``SeedRecord`` (None where the file holds none)."""
         key = (experiment, config, tag if self.update else "")
         if key not in self._rows:
             if self.update:
                 with one_thread():
-                    rows = baselines.summarize([remeasure(s) for s in self.seeds], config)
+                    at_seed = remeasure(self.record_seed)
+                    rows = baselines.summarize([remeasure(s) for s in self.seeds], config, at_seed=at_seed)
+                    made = record(self.record_seed) if record is not None else None
                 if write:
-                    self.stage(experiment, rows)
+                    self.stage(experiment, rows, {config: made} if made is not None else None)
+                self._rows[key] = rows, made
             else:
-                rows = baselines.load_config(self.path(experiment), config)
-            self._rows[key] = rows
+                path = self.path(experiment)
+                if path not in self._files and path.exists():
+                    self._files[path] = baselines.read(path, command)
+                self._rows[key] = baselines.load_stored(path, config, command, self._files.get(path))
         return self._rows[key]
 
-    def stage(self, experiment: str, rows: pd.DataFrame) -> None:
-        """Hold ``rows`` (of one or more configurations) for ``flush``, replacing any staged before."""
+    def stage(self, experiment: str, rows: pd.DataFrame,
+              records: Mapping[str, baselines.SeedRecord] | None = None) -> None:
+        """Hold ``rows`` (of one or more configurations) and their records for ``flush``, replacing earlier ones."""
         for config, part in rows.groupby("config", sort=False):
             self.staged.setdefault(experiment, {})[str(config)] = part.reset_index(drop=True)
+        for config, made in (records or {}).items():
+            self.records.setdefault(experiment, {})[config] = made
 
     def flush(self) -> list[str]:
         """Write every staged file once (``baselines.replace_configs``) and forget what was staged; one line
@@ -350,28 +444,37 @@ class Baselines:
         lines = []
         for experiment in sorted(self.staged):
             rows = pd.concat(list(self.staged[experiment].values()), ignore_index=True)
-            result = baselines.replace_configs(self.path(experiment), rows)
+            result = baselines.replace_configs(self.path(experiment), rows, records=self.records.get(experiment))
             lines.append(result.describe())
         self.staged.clear()
+        self.records.clear()
         return lines
 
 
 class BaselineCheck:
-    """The ``baseline`` fixture: ``baseline.check(experiment, run, frame)`` at this test's device.
+    """The ``baseline`` fixture: ``baseline.check(experiment, run, frame)`` at this test's device and seed.
 
     Compares the chosen statistics of ``frame`` with ``baselines/<experiment>.csv`` and returns the
-    baseline rows (their spreads give theory bands their width). A missing baseline or a statistic
-    outside its band fails the test with the message alone, a table, no traceback. Under
-    ``--update-baselines`` the rows are measured at ``BASELINE_SEEDS`` on this test's device; they are
-    written by the cpu case (by the cuda case only under ``--device cuda``), so each file has one writer
-    per configuration and does not depend on which devices ran.
+    baseline rows (their spreads give theory bands their width), in two steps. At the seed whose values the
+    file stores, in the environment it records, every row must equal its stored value within
+    ``baselines.EXACT_RTOL``; where rows moved, the run's parameters and inputs are digested: the same bits
+    fail the test with ``SeedMismatch`` (the code computes something else), other bits ("parameters differ at
+    the same seed") leave it to the bands. Then the bands, as for any seed. A missing baseline or a failure is
+    the message alone, a table, no traceback, naming ``command`` to regenerate. Under ``--update-baselines``
+    the rows are measured at ``BASELINE_SEEDS`` on this test's device; they are written by the cpu case (by
+    the cuda case only under ``--device cuda``), so each file has one writer per configuration and does not
+    depend on which devices ran.
     """
 
-    def __init__(self, store: Baselines, device: str, cache: TraceCache, *, writer: bool) -> None:
+    def __init__(self, store: Baselines, device: str, cache: TraceCache, *, writer: bool, seed: int = RECORD_SEED,
+                 command: str = baselines.UPDATE_COMMAND) -> None:
         self.store, self.device, self.cache, self.writer = store, device, cache, writer
+        self.seed, self.command = seed, command
 
-    def rows(self, experiment: str, run: Run, *, measure: MeasureFn = measure,
-             statistics: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
+    def entry(self, experiment: str, run: Run, *, measure: MeasureFn = measure,
+              statistics: Mapping[str, Iterable[str]] | None = None
+              ) -> tuple[pd.DataFrame, baselines.SeedRecord | None]:
+        """The baseline rows of ``run`` and their seed record (or regenerated ones, under ``--update-baselines``)."""
         stats = statistics or statistics_for(run)
 
         def remeasure(seed: int) -> pd.DataFrame:
@@ -380,25 +483,53 @@ class BaselineCheck:
             return tidy(measure(run, seed, self.device), stats)
 
         try:
-            return self.store.rows(experiment, run.key, remeasure, write=self.writer, tag=self.device)
+            return self.store.entry(experiment, run.key, remeasure, write=self.writer, tag=self.device,
+                                    record=lambda seed: seed_record(run, seed, self.device), command=self.command)
         except baselines.BaselineMissing as exc:
             message = f"{experiment}: {exc}"
         except baselines.BaselineCorrupt as exc:
             message = str(exc)
         pytest.fail(message, pytrace=False)  # outside the except: no "During handling..." chain in the report
 
+    def rows(self, experiment: str, run: Run, *, measure: MeasureFn = measure,
+             statistics: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
+        return self.entry(experiment, run, measure=measure, statistics=statistics)[0]
+
     def check(self, experiment: str, run: Run, frame: pd.DataFrame, *, measure: MeasureFn = measure,
               statistics: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
         stats = statistics or statistics_for(run)
-        rows = self.rows(experiment, run, measure=measure, statistics=stats)
+        rows, record = self.entry(experiment, run, measure=measure, statistics=stats)
+        measured = tidy(frame, stats).assign(config=run.key)
         try:
-            compared = baselines.assert_matches(tidy(frame, stats).assign(config=run.key), rows)
+            note, largest = self._exact(run, measured, rows, record)
+            compared = baselines.assert_matches(measured, rows, command=self.command, note=note)
             if self.store.on_check is not None:
-                self.store.on_check(experiment, run.key, self.device, len(compared))
+                self.store.on_check(experiment, run.key, self.device, len(compared), note, largest)
             return rows
         except baselines.BaselineMismatch as exc:
             message = f"{experiment} ({self.store.path(experiment)}), {self.device}: {exc}"
         pytest.fail(message, pytrace=False)
+
+    def _exact(self, run: Run, measured: pd.DataFrame, rows: pd.DataFrame,
+               record: baselines.SeedRecord | None) -> tuple[str | None, float | None]:
+        """The exact step: ``(None, largest relative difference)`` where it applied and held, ``(why not,
+        None)`` where it did not apply; raises ``baselines.SeedMismatch`` where it applied and failed."""
+        note = baselines.why_not_exact(record, self.seed, environment(self.device))
+        if note is not None:
+            return note, None
+        backward = exact_backward_rtol(run)
+        result = baselines.compare_seed(measured, rows, backward_rtol=backward)
+        if not result["moved"].any():
+            return None, float(result["rel_diff"].max()) if len(result) else 0.0
+        now = seed_record(run, self.seed, self.device)
+        note = baselines.parameters_differ(record, now.params, now.inputs)
+        if note is not None:
+            return note, None
+        band = baselines.compare(measured, rows, command=self.command)
+        extra = None if record.params else ("this run has no parameter digest (it is not built from one "
+                                            "generator): a changed init shows here too")
+        raise baselines.SeedMismatch(result[result["moved"]], len(result), band, self.seed, command=self.command,
+                                     note=extra)
 
 
 def spread_of(rows: pd.DataFrame, layer: str, statistic: str) -> tuple[float, str]:

@@ -10,6 +10,7 @@ the controller, which prints one summary and writes each regenerated baseline fi
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -183,15 +184,30 @@ def trace_run(device: str, seed: int, trace_cache: measure.TraceCache) -> measur
     return measure.Tracer(device, seed, trace_cache)
 
 
+def update_command(config: pytest.Config, path: Path) -> str:
+    """The command that regenerates the baselines a test file reads: ``pytest <that file> --update-baselines``
+    (and the run's ``--baselines-dir``), the file as the user reaches it from where they ran pytest."""
+    try:
+        shown = os.path.relpath(path, config.invocation_params.dir)
+    except ValueError:  # another drive
+        shown = str(path)
+    shown = shown if not shown.startswith("..") else str(path)
+    directory = config.getoption("--baselines-dir")
+    where = f" --baselines-dir {shlex.quote(directory)}" if directory else ""
+    return f"pytest {shlex.quote(shown)} --update-baselines{where}"
+
+
 @pytest.fixture
-def baseline(device: str, pytestconfig: pytest.Config, baseline_store: measure.Baselines,
+def baseline(device: str, seed: int, request: pytest.FixtureRequest, baseline_store: measure.Baselines,
              trace_cache: measure.TraceCache) -> measure.BaselineCheck:
     """``baseline.check(experiment, run, frame)``: compare with ``baselines/<experiment>.csv``."""
     from initcore.testing import measure
 
-    only = pytestconfig.getoption("--device")
+    config = request.config
+    only = config.getoption("--device")
     writer = device == "cpu" or only == device
-    return measure.BaselineCheck(baseline_store, device, trace_cache, writer=writer)
+    return measure.BaselineCheck(baseline_store, device, trace_cache, writer=writer, seed=seed,
+                                 command=update_command(config, request.node.path))
 
 
 @pytest.fixture
@@ -231,7 +247,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if store is not None and store.staged:
         record.staged = {experiment: [rows.to_dict("list") for rows in configs.values()]
                          for experiment, configs in store.staged.items()}
+        record.staged_records = {experiment: {config: made.to_dict() for config, made in configs.items()}
+                                 for experiment, configs in store.records.items()}
         store.staged.clear()
+        store.records.clear()
     if hasattr(config, "workerinput"):  # a worker: the controller writes and summarizes
         config.workeroutput[WORKER_KEY] = record.to_dict()
         return
@@ -245,12 +264,15 @@ def _write_staged(config: pytest.Config, record: RunRecord, exitstatus: int) -> 
                 f"{baselines_dir(config)} is as it was"]
     import pandas as pd
 
+    from initcore.baselines import SeedRecord
     from initcore.testing import measure
 
     store = measure.Baselines(baselines_dir(config), update=True)
     for experiment, parts in sorted(record.staged.items()):
+        staged = record.staged_records.get(experiment, {})
+        records = {key: SeedRecord.from_dict(data) for key, data in staged.items()}
         for part in parts:
-            store.stage(experiment, pd.DataFrame(part))
+            store.stage(experiment, pd.DataFrame(part), records)
     return ["baselines written: " + line for line in store.flush()]
 
 
@@ -270,7 +292,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if record is None:
         return
     note = config.stash.get(TIMINGS_NOTE, None) if not hasattr(config, "workerinput") else None
-    lines = [line for line in (record.baseline_line(), record.cuda_line(), note) if line]
+    lines = [line for line in (record.baseline_line(), record.exact_line(), record.cuda_line(), note) if line]
     timings = _timing_table(config)
     lines += config.stash.get(WRITTEN, [])
     lines += record.test_lines()

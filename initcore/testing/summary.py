@@ -23,21 +23,49 @@ class RunRecord:
     cuda_skipped: int = 0
     lines: list[tuple[str, str]] = field(default_factory=list)  # (test node id, text) from ``summary_line``
     staged: dict[str, list[dict]] = field(default_factory=dict)  # experiment -> baseline rows, as records
+    staged_records: dict[str, dict[str, dict]] = field(default_factory=dict)  # experiment -> config -> seed record
     workers_failed: bool = False
+    # "experiment/config/device" -> [why the exact check did not apply ("" where it did), largest rel. difference]
+    exact: dict[str, list] = field(default_factory=dict)
 
-    def record_check(self, experiment: str, config: str, device: str, n: int) -> None:
-        self.checked[f"{experiment}/{config}/{device}"] = n
+    def record_check(self, experiment: str, config: str, device: str, n: int, note: str | None = None,
+                     largest: float | None = None) -> None:
+        key = f"{experiment}/{config}/{device}"
+        self.checked[key] = n
+        self.exact[key] = [note or "", largest]
 
     def to_dict(self) -> dict:
         return {"checked": dict(self.checked), "cuda_skipped": self.cuda_skipped,
-                "lines": [list(line) for line in self.lines], "staged": self.staged}
+                "lines": [list(line) for line in self.lines], "staged": self.staged,
+                "staged_records": self.staged_records, "exact": dict(self.exact)}
 
     def merge(self, data: dict) -> None:
         self.checked.update(data.get("checked", {}))
+        self.exact.update(data.get("exact", {}))
         self.cuda_skipped += int(data.get("cuda_skipped", 0))
         self.lines += [(nodeid, text) for nodeid, text in data.get("lines", [])]
         for experiment, records in data.get("staged", {}).items():
             self.staged.setdefault(experiment, []).extend(records)
+        for experiment, records in data.get("staged_records", {}).items():
+            self.staged_records.setdefault(experiment, {}).update(records)
+
+    def exact_line(self) -> str | None:
+        """How many configurations equal their stored seed values (and the largest relative difference seen:
+        the float nondeterminism of this run), and why the others were left to the bands."""
+        if not self.exact:
+            return None
+        held = {k: v[1] for k, v in self.exact.items() if not v[0]}
+        reasons: dict[str, int] = {}
+        for note, _ in self.exact.values():
+            if note:
+                reasons[note] = reasons.get(note, 0) + 1
+        line = f"exact: {len(held)} of {len(self.exact)} configurations equal to their stored seed values"
+        if held:
+            key = max(held, key=lambda k: held[k] or 0.0)
+            line += f" (largest relative difference {held[key] or 0.0:.2g}, in {key})"
+        for note, n in sorted(reasons.items(), key=lambda item: -item[1]):
+            line += f"\n  {n} by the bands alone: {note}"
+        return line
 
     def baseline_line(self) -> str | None:
         """``N statistics of C configurations in E experiments checked against their baselines (devices)``."""

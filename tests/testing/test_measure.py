@@ -187,15 +187,18 @@ def test_baselines_store_update_then_read(tmp_path):
         calls.append(seed)
         return pd.DataFrame({"layer": ["l"], "statistic": ["act_std"], "value": [1.0 + 0.01 * (seed % 3)]})
 
-    writer = measure.Baselines(tmp_path, update=True, seeds=range(4))
-    rows = writer.rows("exp", "cfg", remeasure)
-    assert calls == [0, 1, 2, 3]
-    assert writer.rows("exp", "cfg", remeasure) is rows and len(calls) == 4  # cached
+    record = baselines.SeedRecord(0, (("torch", "x"),), "0" * 16, (("l.weight", "1" * 16),))
+    writer = measure.Baselines(tmp_path, update=True, seeds=range(1, 5))
+    rows = writer.rows("exp", "cfg", remeasure, record=lambda seed: record)
+    assert calls == [0, 1, 2, 3, 4]  # the record's seed (RECORD_SEED), then the band's
+    assert rows["value"].tolist() == [1.0]  # seed 0's own value
+    assert writer.rows("exp", "cfg", remeasure) is rows and len(calls) == 5  # cached
     assert not writer.path("exp").exists()  # staged: written once, at the end of the run
     assert len(writer.flush()) == 1 and writer.path("exp").exists() and not writer.staged
     reader = measure.Baselines(tmp_path)
-    read = reader.rows("exp", "cfg", remeasure)
-    assert len(calls) == 4  # read from the file, nothing measured
+    read, stored = reader.entry("exp", "cfg", remeasure)
+    assert len(calls) == 5  # read from the file, nothing measured
+    assert stored == record and read["value"].tolist() == [1.0]
     half_band = baselines.K * rows["spread"] + baselines.REL_FLOOR  # a log-scale row's band half-width
     assert (abs(read["mean"] - rows["mean"]) <= half_band / 100 + 1e-12).all()  # written to 1/100 of its band
     with pytest.raises(baselines.BaselineMissing, match="pytest bench --update-baselines"):

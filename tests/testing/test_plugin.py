@@ -73,7 +73,8 @@ def test_device_cpu_deselects_cuda(suite):
 def test_missing_baseline_names_the_command(suite):
     result = run(suite, "--device", "cpu", "-k", "test_tiny")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*no baseline file*tiny.csv*run `pytest bench --update-baselines` to create it*"])
+    # the command names the test file that ran, as the user reaches it (issue 20: the user's own command)
+    result.stdout.fnmatch_lines(["*no baseline file*tiny.csv*run `pytest test_suite.py --update-baselines` to create it*"])
     result.stdout.no_fnmatch_line("*Traceback*")
 
 
@@ -89,7 +90,7 @@ def test_update_then_compare_then_a_readable_mismatch(suite, tmp_path):
     result = run(suite, "--device", "cpu", f"--baselines-dir={where}")
     result.assert_outcomes(failed=1, passed=1)
     # the configuration key names the gain, so this is a new configuration with no baseline yet
-    result.stdout.fnmatch_lines(["*no baseline for configuration*gain2*pytest bench --update-baselines*"])
+    result.stdout.fnmatch_lines([f"*no baseline for configuration*gain2*`pytest test_suite.py --update-baselines --baselines-dir {where}`*"])
 
 
 def test_mismatch_prints_the_table(suite, tmp_path):
@@ -115,7 +116,9 @@ def pytest_unconfigure(config):
         "config mlp-relu-d3-w8-in8-b32/kaiming_normal",
         "*layer*statistic*baseline*measured*z*band*problem*",
         "*layers.0.bias*param_mean*outside band*",
-        "*If the change is intended, run `pytest bench --update-baselines`*",
+        # at the baseline's own seed the biases are other bits: the draws changed, so the bands decide
+        "*the exact check did not apply: parameters differ at the same seed (3 of 6: layers.0.bias, layers.1.bias,*",
+        "*If the change is intended, run `pytest test_suite.py --update-baselines --baselines-dir *`*",
     ])
     result.stdout.no_fnmatch_line("*Traceback*")
     result.stdout.no_fnmatch_line("*During handling*")
