@@ -223,7 +223,8 @@ def summarize(
         rows.append((config, layer, statistic, float(np.mean(x)), spread, len(x), scale))
     out = pd.DataFrame(rows, columns=COLUMNS)
     if at_seed is not None:
-        values = _strings(_require(at_seed, ["layer", "statistic", "value"], "the seed's frame")).astype({"value": float})
+        values = _strings(_require(at_seed, ["layer", "statistic", "value"], "the seed's frame"))
+        values = values.astype({"value": float})
         out = out.merge(values, on=["layer", "statistic"], how="left")
     return _normalize(out)
 
