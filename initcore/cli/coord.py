@@ -1,5 +1,7 @@
 """``initcore coord``: the coordinate check over training steps (``initcore.coord``): train at several widths,
-print how much each layer's output moved per step and the fitted slope against width, draw mup's figure."""
+print how much each layer's output moved per step, the fitted slope against width and its verdict, draw mup's
+figure; exit 1 when a coordinate grows with width. ``--model package.module:factory`` checks a model of
+yours, built by ``factory(seed, width) -> (model, inputs)`` (see ``initcore.coord``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import torch
 
 from initcore import coord
+from initcore.cli import _factory
 from initcore.cli._common import positive_float, positive_int, print_frame, seed, strategy
 from initcore.files import atomic_write
 
@@ -30,18 +33,45 @@ def widths(text: str) -> tuple[int, ...]:
     return values
 
 
+def model(text: str) -> str:
+    """``--model``: a built-in family, or ``package.module:factory``."""
+    if text in coord.MODELS or _factory.is_reference(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid: {', '.join(coord.MODELS)}, or "
+                                     "package.module:factory, a factory(seed, width) -> (model, inputs) of yours")
+
+
+def exception(text: str) -> str:
+    """``--allow``: one ``COORDINATE[@tSTEP]`` pattern."""
+    try:
+        return coord.check_exceptions((text,))[0]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "coord", help="coordinate check: how much each layer moves in k training steps, against width",
         description="Train a fresh model at each width for --steps steps on a fixed small task and print, per "
-                    "layer and step, rms(h_t - h_0) at each width and the slope of its log against log(width): "
-                    "~0 under muP, growing under the standard parametrization (Yang et al., 2021). Writes mup's "
-                    "figure, one panel per step, to DIR/coord-MODEL-INIT-OPTIMIZER.png beside its CSV.",
-        epilog="Exit status: 0 when done, 2 on bad input or, unless --no-plot, without matplotlib.")
-    p.add_argument("--model", choices=coord.MODELS, default="mlp", help="default: mlp")
-    p.add_argument("--init", type=strategy, default="mup", metavar="NAME",
+                    "layer and step, rms(h_t - h_0) at each width, the slope of its log against log(width) and a "
+                    "verdict: flat under muP, growing under the standard parametrization (Yang et al., 2021). "
+                    "Writes mup's figure, one panel per step, to DIR/coord-MODEL-INIT-OPTIMIZER.png beside its CSV.",
+        epilog="Exit status: 0 when no coordinate grows with width (slope > --max-slope) or turns non-finite, 1 "
+               "when one does, 2 on bad input or, unless --no-plot, without matplotlib.")
+    p.add_argument("--model", type=model, default="mlp", metavar="NAME|MODULE:FACTORY",
+                   help=f"{', '.join(coord.MODELS)} (default mlp), or package.module:factory, a callable of yours "
+                        "called as factory(seed, width) that returns (model, inputs) or (model, inputs, targets), "
+                        "its inputs drawn from the seed alone (the same at every width); the current folder is "
+                        "importable")
+    p.add_argument("--init", type=strategy, default=None, metavar="NAME",
                    help="init strategy (see `initcore list`); mup trains with muP's parameter groups, every other "
-                        "strategy with one learning rate; default: mup")
+                        "strategy with one learning rate; default: mup, or for a model of yours its factory's own "
+                        "init (with one learning rate)")
+    p.add_argument("--max-slope", type=positive_float, default=coord.MAX_SLOPE, metavar="S",
+                   help=f"a coordinate whose slope exceeds S grows with width and fails; default {coord.MAX_SLOPE:g}")
+    p.add_argument("--allow", type=exception, action="append", default=[], metavar="COORD[@tSTEP]",
+                   help="a coordinate the verdict lets be (fnmatch pattern, e.g. output@t1 or '*:logits'); "
+                        "repeatable")
     p.add_argument("--widths", type=widths, default=DEFAULT_WIDTHS, metavar="W1,W2,...",
                    help=f"default: {','.join(map(str, DEFAULT_WIDTHS))}")
     p.add_argument("--steps", type=positive_int, default=3, help="optimizer steps, 1..100; default: 3")
@@ -59,7 +89,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _parameters(run: coord.CoordRun, width: int) -> int:
+def _parameters(run: coord.CoordRun, width: int) -> int | None:
+    if run.is_factory:
+        return None  # a model of yours: its size is its factory's
     task = run.task()
     if run.model == "mlp":
         return task.in_features * width + (task.depth - 1) * width * width
@@ -73,31 +105,60 @@ def check_memory(run: coord.CoordRun, device: str) -> None:
         available = torch.cuda.mem_get_info()[0]
     else:
         available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    need = COPIES * 4 * _parameters(run, run.widths[-1])
+    sizes = {w: _parameters(run, w) for w in run.widths}
+    if sizes[run.widths[-1]] is None:
+        return
+    need = COPIES * 4 * sizes[run.widths[-1]]
     if need > available:
-        fits = [w for w in run.widths if COPIES * 4 * _parameters(run, w) <= available]
+        fits = [w for w in run.widths if COPIES * 4 * sizes[w] <= available]
         hint = f"the widths up to {fits[-1]} fit" if fits else "none of these widths fits"
         raise ValueError(f"--widths: a step at width {run.widths[-1]} needs ~{need / 2**30:.1f} GiB, "
                          f"{available / 2**30:.1f} GiB is available on {device}; {hint}")
 
 
-def _figure(frame, title: str) -> bytes:
+def _figure(frame, title: str, verdicts) -> bytes:
     import io
 
     from matplotlib.figure import Figure
 
     steps = int(frame["step"].max()) + 1
-    fig = Figure(figsize=(3.2 * steps, 3.6), layout="constrained")
-    coord.draw(fig, frame, title=title)
+    names = coord.coordinates(frame)["coordinate"].nunique()
+    legend = 0.4 + 0.07 * max(map(len, coord.coordinates(frame)["coordinate"]))  # inches beside the panels
+    fig = Figure(figsize=(3.2 * steps + legend, max(3.6, 1.2 + 0.2 * names)), layout="constrained")
+    coord.draw(fig, frame, title=title, verdicts=verdicts)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
 
 
+def _run_of(args: argparse.Namespace) -> coord.CoordRun:
+    if _factory.is_reference(args.model):
+        factory = _factory.resolve(args.model)
+        return coord.CoordRun(factory, args.init, args.optimizer, args.widths, args.steps, args.lr, args.base_width,
+                              exceptions=tuple(args.allow))
+    return coord.CoordRun(args.model, args.init or "mup", args.optimizer, args.widths, args.steps, args.lr,
+                          args.base_width, exceptions=tuple(args.allow))
+
+
+def _measure(run: coord.CoordRun, args: argparse.Namespace):
+    """``coord.measure``; a model of yours that raises is bad input, one line naming --model."""
+    if not run.is_factory:
+        return coord.measure(run, args.seed, args.device)
+    try:
+        return coord.measure(run, args.seed, args.device)
+    except ValueError as e:
+        raise ValueError(f"--model {args.model}: {' '.join(str(e).split())}") from None
+    except Exception as e:  # the factory, its forward or its backward: the user's code, not ours
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"--model {args.model}: {type(e).__name__}: {first or '(no message)'} (in factory(seed, "
+                         f"width) or the model's forward/backward at --widths {','.join(map(str, run.widths))})"
+                         ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from initcore import report
 
-    run = coord.CoordRun(args.model, args.init, args.optimizer, args.widths, args.steps, args.lr, args.base_width)
+    run = _run_of(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     check_memory(run, args.device)
@@ -112,18 +173,32 @@ def run(args: argparse.Namespace) -> int:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"--out {args.out}: {e.strerror or e}") from None
-    frame = coord.measure(run, args.seed, args.device)
-    title = (f"{run.model}, init {run.init}, {run.optimizer} lr {run.learning_rate:g}"
+    frame = _measure(run, args)
+    init_name = f"init {run.init}" if run.init else "its own init"
+    title = (f"{run.name}, {init_name}, {run.optimizer} lr {run.learning_rate:g}"
              + (f", base width {run.base}" if run.init == "mup" else "") + f", seed {args.seed}")
-    table = coord.table(frame)
+    verdicts = coord.verdicts(frame, args.max_slope, run.exceptions)
+    table = coord.table(frame, args.max_slope, run.exceptions)
     if args.format == "table":
         print(f"# coordinate check: {title}; rms(h_t - h_0) per width (logits: their std), slope of log against "
               "log(width)")
     print_frame(table, args.format)
     if not args.no_plot:
-        stem = f"coord-{run.model}-{run.init.replace(':', '_')}-{run.optimizer}"
-        atomic_write(out / f"{stem}.png", _figure(frame, title))
+        name = run.name.replace(":", "_").replace(".", "_") if run.is_factory else run.model
+        stem = f"coord-{name}-{(run.init or 'own').replace(':', '_')}-{run.optimizer}"
+        atomic_write(out / f"{stem}.png", _figure(frame, title, verdicts))
         atomic_write(out / f"{stem}.csv", table.to_csv(index=False).encode())
         if args.format == "table":
             print(f"wrote {out / stem}.png and .csv")
-    return 0
+    failing = verdicts[verdicts["verdict"].isin(coord.FAILING)]
+    if args.format == "table":
+        if len(failing):
+            worst = ", ".join(f"{r.coordinate}@t{r.step} ({r.verdict}, slope {r.slope:+.2f})"
+                              for r in failing.head(4).itertuples())
+            more = f" and {len(failing) - 4} more" if len(failing) > 4 else ""
+            print(f"# FAIL: {len(failing)} coordinate(s) grow with width (slope > {args.max_slope:g}) or are not "
+                  f"finite: {worst}{more}")
+        else:
+            print(f"# pass: no coordinate grows with width (every slope <= {args.max_slope:g}"
+                  + (f", except {', '.join(run.exceptions)}" if run.exceptions else "") + ")")
+    return 1 if len(failing) else 0
