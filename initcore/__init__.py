@@ -6,3 +6,11 @@ suite (`bench/`) that asserts the invariants against stored baselines (`baseline
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # lazily: `import initcore` stays free of torch
+    if name == "audit":
+        from initcore.auditing.core import audit
+
+        return audit
+    raise AttributeError(f"module 'initcore' has no attribute {name!r}")

@@ -15,9 +15,11 @@ from initcore.init.strategies import (
     register,
 )
 from initcore.init.targets import Site, Target
+from initcore.init.verify import InitMismatchError
 
 __all__ = [
-    "RESIDUAL_OUT", "Context", "Site", "Strategy", "Target", "activation_gain", "apply", "describe", "get", "names",
+    "RESIDUAL_OUT", "Context", "InitMismatchError",
+    "Site", "Strategy", "Target", "activation_gain", "apply", "describe", "get", "names",
     "promise", "register",
     "kaiming_normal_gain_", "kaiming_uniform_gain_", "lecun_normal_", "trunc_normal_sigma_",
 ]

@@ -22,11 +22,13 @@ import torch
 from torch import nn
 
 from initcore.init import targets as T
+from initcore.init import verify
 from initcore.init.functions import kaiming_normal_gain_, kaiming_uniform_gain_, lecun_normal_, trunc_normal_sigma_
 from initcore.init.sharded import full_modules, full_params
 from initcore.init.targets import Site, Target
 from initcore.models import structure
 from initcore.models.roles import ROLES, Role, RoledParam, param_roles
+from initcore.threads import one_thread
 
 RESIDUAL_OUT = ("attn_out", "mlp_out")  # roles that write into a residual stream
 
@@ -206,10 +208,39 @@ def apply(model: nn.Module, name: str, *, gain: float | str | None = None,
     ctx = _context(model, gain, generator, {**strategy.options, **implied, **options}, n_layers)
     params = param_roles(model, roles)
     _check_guessed(strategy, params)
+    verify.check_layout(model, params)
+    check = torch.Generator().manual_seed(0)  # the check's own draws: the caller's streams stay untouched
+    problems: list[str] = []
     with torch.no_grad():
         for p in full_params(params, generator):  # DTensors: draw in full, keep the shard
             init_param(strategy, p, ctx)
+            problems += drawn_mismatches(strategy, p, ctx, check)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise verify.InitMismatchError(f"init.apply(model, {name!r}) drew {problems[0]}{more}: something changed "
+                                       "the weights as they were drawn (a parametrization, a hook, a module's "
+                                       "own override), or the strategy does not keep its promise")
     return model
+
+
+def drawn_mismatches(strategy: Strategy, p: RoledParam, ctx: Context, generator: torch.Generator) -> list[str]:
+    """What of ``p`` does not follow the strategy's promise, matrix by matrix (``verify.mismatch``)."""
+    out = []
+    parts = p.parts if len(p.parts) == p.chunks else ("",) * p.chunks
+    for part, w in zip(parts, p.matrices(), strict=True):
+        if p.role in _DEFAULTS and p.role not in strategy.special:
+            target = T.DEFAULT_TARGETS[p.role]
+        elif strategy.targets is None or w.dim() < 2:
+            continue
+        else:
+            target = strategy.targets(site_of(p, ctx, part))
+        if w.dim() == 0 and target.family != "constant":
+            continue
+        with one_thread():
+            why = verify.mismatch(w, target, generator)
+        if why:
+            out.append(f"{p.name}{f' ({part})' if part else ''}: {why}")
+    return out
 
 
 def init_param(strategy: Strategy, p: RoledParam, ctx: Context) -> None:

@@ -15,6 +15,7 @@ so a strategy that treats some roles apart can refuse a model whose roles were o
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -54,6 +55,38 @@ INFERRED_ROLES: tuple[tuple[tuple[type, ...], dict[str, str | tuple]], ...] = (
     (_NORMS, {"weight": "norm", "bias": "bias"}),
     ((nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd), {"weight": "hidden", "bias": "bias"}),
 )
+
+
+# Names of fused q/k/v projections in the libraries users copy from (nanoGPT's c_attn, torch's in_proj,
+# timm's and DINO's qkv, MosaicML's Wqkv, GPT-NeoX's query_key_value).
+FUSED_QKV = ("qkv", "c_attn", "in_proj", "wqkv", "query_key_value", "qkv_proj", "w_qkv", "in_proj_weight")
+
+
+def name_pattern(name: str) -> str:
+    """``name`` with every block index made ``*``: ``h.3.attn.c_proj.weight`` -> ``h.*.attn.c_proj.weight``, the
+    pattern a roles mapping or an expectation names all blocks' parameters by."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "*", name)
+
+
+def stores_transposed(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2 and its descendants): a Linear whose weight is stored (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def looks_fused(module_name: str, attr: str, module: nn.Module, shape: tuple[int, ...],
+                transposed: bool = False) -> int:
+    """How many projections a 2-D weight seems to pack along its output dimension: 3 for a module named like a
+    fused q/k/v (``FUSED_QKV``) whose output splits in three, or a Linear under an attention path whose output
+    is three times its input; else 1. A guess from names and shapes, for refusing to guess further."""
+    if len(shape) != 2:
+        return 1
+    leaf = module_name.rsplit(".", 1)[-1].lower()
+    out = shape[1] if transposed else shape[0]
+    if (leaf in FUSED_QKV or attr.lower() in FUSED_QKV) and out % 3 == 0:
+        return 3
+    if isinstance(module, nn.Linear) and shape[0] == 3 * shape[1] and "attn" in module_name.lower():
+        return 3
+    return 1
 
 
 @dataclass(frozen=True)
@@ -135,7 +168,8 @@ def _parse(decl, where: str) -> tuple[str, int, tuple[str, ...], bool | None]:
     return role, chunks, parts, transposed
 
 
-def param_roles(model: nn.Module, roles: Mapping[str, str | tuple | Role] | None = None) -> list[RoledParam]:
+def param_roles(model: nn.Module, roles: Mapping[str, str | tuple | Role] | None = None, *,
+                strict: bool = True) -> list[RoledParam]:
     """Every parameter of ``model`` with its role, in ``named_parameters`` order.
 
     A module declares roles in a class attribute ``ROLES`` mapping a parameter path relative to
@@ -150,6 +184,8 @@ def param_roles(model: nn.Module, roles: Mapping[str, str | tuple | Role] | None
         roles: parameter-name pattern (``fnmatch``, full names: ``"transformer.h.*.attn.c_proj.weight"``)
             -> role, ``(role, chunks)``, ``(role, parts)`` or ``Role``. The first matching pattern wins,
             over declarations and inferred roles alike.
+        strict: raise for parameters without a role (the default); False leaves them out (the audit reads
+            every parameter, and wants the roles there are).
 
     Raises:
         ValueError: parameters without a role (all of them listed), an unknown role, a bad mapping
@@ -199,7 +235,7 @@ def param_roles(model: nn.Module, roles: Mapping[str, str | tuple | Role] | None
         block = next((i for pre, i in blocks.items() if name.startswith(pre + ".")), None)
         out.append(RoledParam(name, role, p, chunks, block, transposed=role == "embedding" if transposed is None
                               else transposed, parts=parts, inferred=inferred))
-    if missing:
+    if missing and strict:
         shown = ", ".join(repr(n) for n in missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10
                                                              else "")
         what = f"parameter {shown} has" if len(missing) == 1 else f"parameters {shown} have"

@@ -87,7 +87,8 @@ def test_a_strategy_that_treats_residual_projections_apart_refuses_guessed_roles
                                          r"none of them: h.0.attn.c_attn.weight, .* got role 'hidden' from their type"):
         init.apply(Nano(), "gpt2")
     init.apply(Nano(), "gpt2", roles={"*.weight": "hidden", "wte.weight": "embedding"})  # said, not guessed
-    init.apply(Nano(), "xavier_uniform")  # treats every matrix alike: guessed roles are enough
+    init.apply(Nano(), "xavier_uniform", roles={"h.*.attn.c_attn.weight": ("qkv", 3)})  # every matrix alike: guessed
+    # roles are enough, but for the fused c_attn (see test_a_fused_qkv_with_a_guessed_role_is_refused)
 
 
 def test_an_attention_role_from_its_type_does_not_excuse_a_guessed_feed_forward():
@@ -116,3 +117,41 @@ def test_bad_n_layers_and_missing_roles_are_named():
         init.apply(Scaled(), "xavier_uniform")
     model = init.apply(Scaled(), "xavier_uniform", roles={"scale": "norm"})
     assert (model.scale == 1).all()
+
+
+def test_a_fused_qkv_with_a_guessed_role_is_refused_naming_the_fix():
+    # Drawn as one (3E, E) matrix, Xavier's fans would be those of 3E: std sqrt(2/(E+3E)) instead of sqrt(2/2E).
+    with pytest.raises(ValueError, match=r"h.0.attn.c_attn.weight \(768, 256\) looks like a fused q/k/v projection"
+                                         r".*roles=\{'h.\*.attn.c_attn.weight': \('qkv', 3\)\}"):
+        init.apply(Nano(), "xavier_uniform")
+    init.apply(Nano(), "xavier_uniform", roles={"h.*.attn.c_attn.weight": "hidden"})  # said: one projection
+
+
+def test_a_conv1d_weight_given_a_plain_role_is_refused():
+    class Conv1D(nn.Module):  # Hugging Face's: a Linear stored (in, out)
+        def __init__(self, nf: int, nx: int) -> None:
+            super().__init__()
+            self.nf, self.weight, self.bias = nf, nn.Parameter(torch.empty(nx, nf)), nn.Parameter(torch.zeros(nf))
+
+    model = nn.ModuleDict({"c_fc": Conv1D(512, 128)})
+    with pytest.raises(ValueError, match=r"c_fc.weight is a Conv1D weight stored \(in, out\).*Role\('mlp_in', "
+                                         r"transposed=True\)"):
+        init.apply(model, "kaiming_normal", roles={"c_fc.weight": "mlp_in"})
+    init.apply(model, "kaiming_normal", roles={"c_fc.weight": Role("mlp_in", transposed=True)})
+    assert model["c_fc"].weight.std().item() == pytest.approx(math.sqrt(2 / 128), rel=0.05)  # fan_in 128: 16k draws
+
+
+def test_apply_checks_what_it_drew_against_its_promise(monkeypatch):
+    from initcore.init import strategies
+
+    model = Nano(n=2)
+    roles = {"h.*.attn.c_attn.weight": ("qkv", 3)}
+    init.apply(model, "xavier_uniform", roles=roles)  # draws what it promises: no error
+    real = strategies._REGISTRY["xavier_uniform"]
+    # A rule 5% off its own declaration (gain 1.05): 7 standard errors of a uniform's std from the 4096 draws the
+    # check reads (sqrt(0.8 / (4 * 4096)) = 0.7%), beyond its 5.5 on most of the 8 matrices.
+    monkeypatch.setitem(strategies._REGISTRY, "xavier_uniform", real.__class__(
+        **{**vars(real), "rule": lambda w, p, ctx: nn.init.xavier_uniform_(w, gain=1.05, generator=ctx.generator)}))
+    with pytest.raises(init.InitMismatchError, match=r"drew wte.weight: scale \(std 0.054.*, promised 0.0514.*\) "
+                                                     r"\(and 12 more\)"):
+        init.apply(model, "xavier_uniform", roles=roles)
