@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from initcore import init
-from initcore.cli import _factory, _memory
+from initcore.cli import _factory, _memory, _roles
+from initcore.cli._roles import add_roles_option, cli_words, parse_roles
 from initcore.experiments import DEPTH_MLP, SMALL_TRANSFORMER, VARIANT_RUNS, MLPRun
 from initcore.models import (
     ACTIVATIONS,
@@ -47,7 +48,7 @@ SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0..2**64-1 (and negati
 MLP_OPTIONS = ("--width", "--depth", "--activation", "--in-features", "--batch")
 TRANSFORMER_OPTIONS = ("--vocab-size", "--d-model", "--n-heads", "--d-ff", "--n-layers", "--seq-len", "--batch",
                        "--norm", "--norm-position", "--ffn", "--causal")
-USER_OPTIONS = ("--input-shape", "--vocab")
+USER_OPTIONS = ("--input-shape", "--vocab", "--roles")
 _SPECIFIC = {"mlp": MLP_OPTIONS, "transformer": TRANSFORMER_OPTIONS, "user": USER_OPTIONS}
 
 
@@ -172,8 +173,9 @@ def given(args: argparse.Namespace) -> set[str]:
 
 
 def add_model_options(parser: argparse.ArgumentParser, default_model: str | None = "mlp",
-                      model_help: str = "default mlp") -> None:
-    """The options that choose a model, its init and its inputs (``trace``, ``diagnose``, ``report``)."""
+                      model_help: str = "default mlp", roles: bool = False) -> None:
+    """The options that choose a model, its init and its inputs (``trace``, ``diagnose``, ``report``); with
+    ``roles``, ``--roles`` too (``add_roles_option``), for a command whose --init reaches a model of yours."""
     g = parser.add_argument_group("model and init")
     g.add_argument("--model", type=model_name, action=Given, default=default_model, metavar="NAME|MODULE:FACTORY",
                    help=f"{', '.join(MODELS)} ({model_help}), or package.module:factory, a callable of yours "
@@ -182,6 +184,8 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
     g.add_argument("--init", type=strategy, action=Given, default=None, metavar="NAME",
                    help=f"init strategy (see `initcore list`; normal:STD for any std); default: {DEFAULT_INIT}, "
                         "or for a model of yours its factory's own init")
+    if roles:
+        add_roles_option(g)
     g.add_argument("--gain", type=gain, action=Given, default=None, metavar="G|auto",
                    help="gain for strategies that take one; auto: calculate_gain of the activation")
     g.add_argument("--bias", type=finite, action=Given, default=None, metavar="B0",
@@ -456,9 +460,16 @@ def _user_model(args: argparse.Namespace, gen: torch.Generator) -> tuple[torch.n
         inputs = (torch.randint(0, args.vocab, args.input_shape, generator=gen) if args.vocab
                   else torch.randn(args.input_shape, generator=gen))
     if args.init is not None:
-        init.apply(model, args.init, gain=args.gain, generator=gen)
-    elif args.gain is not None:
-        raise ValueError(f"--gain needs --init: --model {args.model} keeps its factory's init unless --init is given")
+        try:
+            init.apply(model, args.init, gain=args.gain, generator=gen,
+                       roles=parse_roles(getattr(args, "roles", None)))
+        except ValueError as e:  # its advice about roles= said as --roles
+            raise ValueError(cli_words(str(e))) from None
+    else:
+        typed = [o for o in ("--gain", "--roles") if getattr(args, o[2:], None) is not None]
+        if typed:
+            raise ValueError(f"{' and '.join(typed)} {'needs' if len(typed) == 1 else 'need'} --init: --model "
+                             f"{args.model} keeps its factory's init unless --init is given")
     if args.bias is not None:
         _fill_biases(model, args.bias)
     return model, inputs
@@ -535,6 +546,8 @@ def describe(args: argparse.Namespace, model: torch.nn.Module | None = None, inp
             n = sum(p.numel() for p in model.parameters())
             size += f" ({type(model).__name__}, {n} parameters, {_shape_of(inputs)})"
     strategy_name = strategy_of(args) or "the factory's own"
+    if getattr(args, "roles", None):
+        strategy_name += f" (--roles {_roles.describe_roles(parse_roles(args.roles))})"
     gain_text = "" if args.gain is None else f" gain {args.gain}"
     bias = "" if args.bias is None else f", bias {args.bias}"
     return f"{size}, init {strategy_name}{gain_text}{bias}, seed {args.seed}, {args.device}"

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "evidence and first fixes, or say that it is healthy.",
         epilog="Exit status: 0 whether or not symptoms are found (a diagnosis is a report, not a test; use "
                "--format json to act on it), 2 on bad input.")
-    add_model_options(p)
+    add_model_options(p, roles=True)
     add_probe_options(p, "diagnosed")
     p.add_argument("--fixes", type=int, default=2, metavar="N", help="fixes shown per symptom (default 2)")
     p.add_argument("--health", action="store_true",

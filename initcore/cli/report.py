@@ -30,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "passed at the top. Needs matplotlib (pip install 'initcore[plot]').",
         epilog="Exit status: 0 when written, 2 on bad input or without matplotlib.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created if missing)")
-    add_model_options(p, default_model=None, model_help="default: none, the experiments")
+    add_model_options(p, default_model=None, model_help="default: none, the experiments", roles=True)
     add_probe_options(p, "the model's")
     return p
 

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("trace", help="per-layer statistics of one forward and backward pass at init",
                               description="Trace one forward and backward pass of a freshly initialized model "
                                           "and print per-layer statistics (see initcore.probe.STATISTICS).")
-    add_model_options(p)
+    add_model_options(p, roles=True)
     add_probe_options(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="default: table")
     p.add_argument("--theory", action="store_true",
