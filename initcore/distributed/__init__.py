@@ -25,10 +25,19 @@ from initcore.distributed.checks import (
 )
 from initcore.distributed.gather import RankResult, assemble, run_recipe
 from initcore.distributed.launch import RankFailure, RankGroup, close_all, group, world_mesh
-from initcore.distributed.recipes import EMBEDDINGS, PARALLELS, NaiveRecipe, TransformerRecipe, shard
+from initcore.distributed.recipes import (
+    EMBEDDINGS,
+    PARALLELS,
+    FactoryRecipe,
+    NaiveRecipe,
+    TransformerRecipe,
+    fully_shard_model,
+    shard,
+)
 
 __all__ = [
-    "CHECKS", "EMBEDDINGS", "PARALLELS", "WORLD_SIZES", "Independence", "NaiveRecipe", "RankFailure", "RankGroup",
-    "RankResult", "ShardReport", "TransformerRecipe", "assemble", "check", "close_all", "correlation_bound",
-    "gathered_model", "group", "independence", "ks_2samp", "run_recipe", "shard", "world_mesh",
+    "CHECKS", "EMBEDDINGS", "PARALLELS", "WORLD_SIZES", "FactoryRecipe", "Independence", "NaiveRecipe", "RankFailure",
+    "RankGroup", "RankResult", "ShardReport", "TransformerRecipe", "assemble", "check", "close_all",
+    "correlation_bound", "fully_shard_model", "gathered_model", "group", "independence", "ks_2samp", "run_recipe",
+    "shard", "world_mesh",
 ]

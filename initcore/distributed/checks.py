@@ -12,7 +12,11 @@ model (``initcore.distributed.gather``):
 - ``identical``: bit-equal to the one-process model of the same seed; ``invariant``: bit-equal
   across world sizes;
 - ``initialized``: no rank holds a NaN after init, though every piece ``to_empty`` made was NaN
-  before it (poison); ``replicas``: ranks that hold the same region hold the same bytes.
+  before it (poison); ``replicas``: ranks that hold the same region hold the same bytes (HSDP's replica
+  groups, tensor parallel's replicated norms);
+- ``placement``: bit-equal to the same parameter under each of the recipe's ``variants``, the same model
+  sharded otherwise (``Shard(1)`` for ``Shard(0)``, tensor parallel for FSDP2): a sharded init must not
+  depend on how the tensor is cut (pytorch/pytorch#168058).
 """
 
 from __future__ import annotations
@@ -209,7 +213,7 @@ class ShardReport:
 
 # The boolean columns of a report; None where a check does not apply (a constant parameter has no
 # distribution to test and nothing to be independent of, a plain tensor no shards).
-CHECKS = ("distribution", "independent", "identical", "invariant", "initialized", "replicas")
+CHECKS = ("distribution", "independent", "identical", "invariant", "initialized", "replicas", "placement")
 
 
 def _run(recipe: Recipe, world_size: int, seed: int, backend: str, timeout_s: float | None) -> list[RankResult]:
@@ -259,7 +263,8 @@ def _one_process(reference: Callable[[torch.Generator], nn.Module], seed: int, k
 
 def check(recipe: Recipe, world_sizes: Iterable[int] = WORLD_SIZES, *, seed: int = 0,
           reference: Callable[[torch.Generator], nn.Module] | None = None, backend: str = "gloo",
-          timeout_s: float | None = None, runs: Mapping[int, list[RankResult]] | None = None) -> ShardReport:
+          timeout_s: float | None = None, runs: Mapping[int, list[RankResult]] | None = None,
+          variants: Mapping[str, Recipe] | None = None) -> ShardReport:
     """Run ``recipe(mesh, generator)`` on each world size and check what it gives (see the module docstring).
 
     Args:
@@ -274,6 +279,8 @@ def check(recipe: Recipe, world_sizes: Iterable[int] = WORLD_SIZES, *, seed: int
         backend: ``"gloo"`` (CPU ranks) or ``"nccl"`` (one CUDA device per rank).
         timeout_s: bound on each world size's run; a rank that dies or hangs raises ``RankFailure``.
         runs: results of ``run_recipe`` already gathered, by world size (a caller that keeps them).
+        variants: label -> a recipe of the same model sharded another way (``Shard(1)`` for ``Shard(0)``);
+            each runs at every world size, and every parameter must come out bit-equal (``placement``).
 
     Returns:
         A ``ShardReport``: ``table`` (world_size, name, role, shape, layout, std, target_std, ks_d, ks_p,
@@ -295,8 +302,10 @@ def check(recipe: Recipe, world_sizes: Iterable[int] = WORLD_SIZES, *, seed: int
     else:
         one_process = runs[sizes[0]][0].full
         other_seed = _run(recipe, sizes[0], seed + 1, backend, timeout_s)[0].full
+    others = {label: {w: _run(variant, w, seed, backend, timeout_s)[0].full for w in sizes}
+              for label, variant in (variants or {}).items()}
     name = getattr(recipe, "name", None) or getattr(recipe, "__qualname__", None) or repr(recipe)
-    return _report(str(name), sizes, runs, one_process, other_seed, recipe)
+    return _report(str(name), sizes, runs, one_process, other_seed, recipe, others)
 
 
 def _digest(t: torch.Tensor | None) -> bytes:
@@ -349,14 +358,14 @@ def declared_targets(recipe: Recipe, name: str, t: torch.Tensor, roles: Mapping[
 
 def _report(name: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
             one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor],
-            recipe: Recipe) -> ShardReport:
+            recipe: Recipe, variants: Mapping[str, Mapping[int, Mapping[str, torch.Tensor]]]) -> ShardReport:
     with one_thread():  # small SVDs and reductions: two threads contend, 10-20x slower
-        return _rows(name, sizes, runs, one_process, other_seed, recipe)
+        return _rows(name, sizes, runs, one_process, other_seed, recipe, variants)
 
 
 def _rows(recipe_name: str, sizes: list[int], runs: Mapping[int, list[RankResult]],
           one_process: Mapping[str, torch.Tensor], other_seed: Mapping[str, torch.Tensor],
-          recipe: Recipe) -> ShardReport:
+          recipe: Recipe, variants: Mapping[str, Mapping[int, Mapping[str, torch.Tensor]]]) -> ShardReport:
     first = runs[sizes[0]][0].full
     roles = runs[sizes[0]][0].roles
     targets = {n: declared_targets(recipe, n, t, roles) for n, t in first.items()}
@@ -387,6 +396,8 @@ def _rows(recipe_name: str, sizes: list[int], runs: Mapping[int, list[RankResult
                 digests.setdefault(r.regions[n], set()).add(r.digests[n])
             nan_ranks = [r.rank for r in results if n in r.nan]
             other = other_seed.get(n)
+            differs = [label for label, by_size in variants.items()
+                       if n not in by_size[w] or not same_bits(t, by_size[w][n])]
             row = {
                 "world_size": w, "name": n, "role": role, "shape": "x".join(map(str, t.shape)) or "scalar",
                 "layout": layout if layout == "local" else f"{layout} over {w}",
@@ -401,9 +412,13 @@ def _rows(recipe_name: str, sizes: list[int], runs: Mapping[int, list[RankResult
                 "invariant": same_bits(t, first[n]),
                 "initialized": not nan_ranks and not bool(torch.isnan(t).any()),
                 "replicas": all(len(v) == 1 for v in digests.values()),
+                "placement": not differs if variants else None,
             }
             rows.append(row)
             failures += _explain(f"world size {w}, {n} ({role})", row, ind, bound, ks_alpha, nan_ranks, sizes[0])
+            if differs:
+                failures.append(f"world size {w}, {n} ({role}): not bit-identical under {', '.join(differs)} "
+                                f"(sharded as {layout}): the init depends on how the tensor is cut")
         if results[0].poisoned == 0:
             notes.append(f"world size {w}: the recipe never called to_empty, so no memory was poisoned: "
                          "memory left uninitialized by its init would not show as NaN")
@@ -438,5 +453,5 @@ def _explain(where: str, row: Mapping, ind: Independence | None, bound: float, k
         ranks = ", ".join(map(str, nan_ranks)) or "none (in the gathered tensor)"
         out.append(f"{where}: NaN after init, memory to_empty left as it was; on ranks {ranks}")
     if not row["replicas"]:
-        out.append(f"{where}: ranks that hold the same region hold different values")
+        out.append(f"{where}: ranks that hold the same region hold different values (replicas disagree)")
     return out

@@ -289,9 +289,134 @@ def test_a_recipe_that_raises_on_one_rank_names_the_rank():
 def test_bad_input_names_what_is_valid():
     with pytest.raises(ValueError, match="unknown strategy 'xavierr'"):
         TransformerRecipe(TINY, "xavierr")
-    with pytest.raises(ValueError, match="unknown parallel 'ddp'; valid: fsdp, tp"):
+    with pytest.raises(ValueError, match="unknown parallel 'ddp'; valid: fsdp, hsdp, tp"):
         TransformerRecipe(TINY, "gpt2", "ddp")
     with pytest.raises(ValueError, match="valid for tp: sdpa"):
         TransformerRecipe(TransformerConfig(attention="torch_mha"), "gpt2", "tp")
     with pytest.raises(ValueError, match="world_sizes must be positive integers"):
         check(local_fans_recipe, (0, 2))
+
+
+# --- a model of yours (FactoryRecipe); placement invariance; HSDP replicas ------------------------------------
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(32, 64), nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class Net(nn.Module):
+    """A user's model: repeated blocks in a ModuleList and a readout, no roles declared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def net(seed: int) -> nn.Module:
+    return Net()
+
+
+def per_rank_init(model: nn.Module, generator: torch.Generator) -> None:
+    """Written to break placement invariance: each rank draws its own shard from its own seed, at the full
+    tensor's scale (so the distribution and the shards' independence look right): the full tensor then
+    depends on how it is cut, and on the world size."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else 0  # one process: the check's reference
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator)) + rank
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            if p.dim() == 2:
+                local.normal_(0.0, p.shape[1] ** -0.5, generator=g)
+            else:
+                local.zero_()
+
+
+def per_replica_init(model: nn.Module, generator: torch.Generator) -> None:
+    """Written to break HSDP: each replica group seeds its own generator (the bug allenai/OLMo-core#319
+    fixed) and draws full tensors from it: shards fit together within a group, but the groups differ."""
+    import torch.distributed as dist
+
+    from initcore.distributed.recipes import REPLICAS
+
+    replica = dist.get_rank() // (dist.get_world_size() // REPLICAS) if dist.is_initialized() else 0
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator)) + replica
+    init.apply(model, "kaiming_normal", generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_factory_recipe_with_a_strategy_is_invariant_to_the_shard_dimension():
+    from initcore.distributed import FactoryRecipe
+
+    recipe = FactoryRecipe(net, "kaiming_normal")
+    report = check(recipe, (1, 2), variants={"Shard(1)": FactoryRecipe(net, "kaiming_normal", shard_dim=1)},
+                   timeout_s=SLOW_S)
+    assert report.ok, "\n".join(report.failures)
+    assert report.table["placement"].all() and report.table["identical"].all()
+    fc1 = report.table.set_index(["world_size", "name"]).loc[(2, "blocks.0.fc1.weight")]
+    assert fc1["layout"] == "S(0) over 2" and fc1["independent"]
+
+
+def test_placement_fails_on_a_recipe_whose_full_tensor_depends_on_the_cut():
+    from initcore.distributed import FactoryRecipe
+
+    report = check(FactoryRecipe(net, per_rank_init), (2,),
+                   variants={"Shard(1)": FactoryRecipe(net, per_rank_init, shard_dim=1)}, timeout_s=SLOW_S)
+    failed = report.failed("placement")
+    assert set(failed["name"]) == {"blocks.0.fc1.weight", "blocks.0.fc2.weight", "blocks.1.fc1.weight",
+                                   "blocks.1.fc2.weight", "head.weight"}  # every drawn matrix; zero biases agree
+    assert any("not bit-identical under Shard(1)" in f for f in report.failures)
+    # what it passes: its shards are independent draws of the right law, and nothing is left uninitialized
+    assert report.failed("independent").empty and report.failed("initialized").empty
+
+
+def test_hsdp_replicas_must_agree():
+    from initcore.distributed import FactoryRecipe
+
+    right = check(FactoryRecipe(net, "kaiming_normal", parallel="hsdp"), (4,), timeout_s=SLOW_S)
+    assert right.ok, "\n".join(right.failures)
+    fc1 = right.table.set_index("name").loc["blocks.0.fc1.weight"]
+    assert fc1["layout"] == "R, S(0) over 4" and fc1["replicas"] and fc1["independent"]
+    wrong = check(FactoryRecipe(net, per_replica_init, parallel="hsdp"), (4,), timeout_s=SLOW_S)
+    failed = wrong.failed("replicas")
+    assert {"blocks.0.fc1.weight", "head.weight"} <= set(failed["name"])
+    assert any("replicas disagree" in f for f in wrong.failures)
+    # within a replica group the shards fit and are independent: only the replica check sees it
+    assert wrong.failed("independent").empty
+
+
+def test_initcore_recipe_is_invariant_to_fsdp_shard_dimension_and_hsdp():
+    recipe = TransformerRecipe(TINY, "gpt2", "fsdp")
+    report = check(recipe, (2,), variants={"Shard(1)": TransformerRecipe(TINY, "gpt2", "fsdp", shard_dim=1),
+                                           "tp": TransformerRecipe(TINY, "gpt2", "tp")}, timeout_s=SLOW_S)
+    assert report.ok, "\n".join(report.failures)
+    hsdp = check(TransformerRecipe(TINY, "gpt2", "hsdp"), (4,), timeout_s=SLOW_S)
+    assert hsdp.ok, "\n".join(hsdp.failures)
+    naive = check(NaiveRecipe(TINY, parallel="fsdp"), (2,),
+                  variants={"Shard(1)": NaiveRecipe(TINY, parallel="fsdp", shard_dim=1)}, timeout_s=SLOW_S)
+    assert "blocks.0.attn.q.weight" in set(naive.failed("placement")["name"])
+
+
+def test_bad_layouts_name_what_is_valid():
+    from initcore.distributed import FactoryRecipe
+
+    with pytest.raises(ValueError, match="unknown parallel 'tp'; valid: fsdp, hsdp"):
+        FactoryRecipe(net, "gpt2", parallel="tp")
+    with pytest.raises(ValueError, match="unknown shard_dim 2; valid: 0, 1"):
+        TransformerRecipe(TINY, "gpt2", shard_dim=2)
+    with pytest.raises(ValueError, match="shard_dim 1 is FSDP2's"):
+        TransformerRecipe(TINY, "gpt2", "tp", shard_dim=1)
+    with pytest.raises(ValueError, match="init must be a strategy's name or a function"):
+        FactoryRecipe(net, 3)
