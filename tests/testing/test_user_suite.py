@@ -86,3 +86,15 @@ def test_a_one_line_change_fails_with_the_table_of_what_moved(user_repo, tmp_pat
     assert done.returncode == 1, done.stdout + done.stderr
     assert re.search(r"my_model .*: \d+ of \d+ statistics moved from their baseline", done.stdout), done.stdout
     assert re.search(r"1 failed, 1 passed", done.stdout), done.stdout  # still healthy: only the baseline moved
+
+
+def test_the_repository_holds_only_what_the_readme_says_to_commit(user_repo):
+    """After the update (the fixture) and every command as printed: the README's two files and the baseline
+    file it says to commit, nothing else (no lock file beside the baselines, no .benchmarks/). Python's own
+    ``__pycache__`` is left out: every interpreter writes it, and every Python .gitignore ignores it;
+    pytest's cache is off in these runs (``-p no:cacheprovider``), and ignores itself where it is on."""
+    for command in _commands()[1:]:
+        assert _run(command, user_repo).returncode == 0
+    left = sorted(str(p.relative_to(user_repo)) for p in user_repo.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts)
+    assert left == ["baselines/my_model.csv", "conftest.py", "test_init_health.py"], left
