@@ -15,6 +15,7 @@ import torch
 from initcore import coord
 from initcore.cli import _factory
 from initcore.cli._common import positive_float, positive_int, print_frame, seed, strategy
+from initcore.cli._roles import add_roles_option, cli_words, parse_roles
 from initcore.files import atomic_write
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
@@ -81,6 +82,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(sgd)")
     p.add_argument("--base-width", type=positive_int, default=None,
                    help="mup: the width its learning rate is tuned at; default: the smallest width")
+    add_roles_option(p)
     p.add_argument("--seed", type=seed, default=0, help="seeds the task and the weights (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
     p.add_argument("--format", choices=("table", "csv"), default="table", help="default: table")
@@ -135,7 +137,10 @@ def _run_of(args: argparse.Namespace) -> coord.CoordRun:
     if _factory.is_reference(args.model):
         factory = _factory.resolve(args.model)
         return coord.CoordRun(factory, args.init, args.optimizer, args.widths, args.steps, args.lr, args.base_width,
-                              exceptions=tuple(args.allow))
+                              exceptions=tuple(args.allow), roles=tuple((parse_roles(args.roles) or {}).items()))
+    if args.roles is not None:
+        raise ValueError(f"--roles does not apply to --model {args.model}, whose modules declare their roles; it is "
+                         "for a model of yours (--model package.module:factory)")
     return coord.CoordRun(args.model, args.init or "mup", args.optimizer, args.widths, args.steps, args.lr,
                           args.base_width, exceptions=tuple(args.allow))
 
@@ -147,7 +152,7 @@ def _measure(run: coord.CoordRun, args: argparse.Namespace):
     try:
         return coord.measure(run, args.seed, args.device)
     except ValueError as e:
-        raise ValueError(f"--model {args.model}: {' '.join(str(e).split())}") from None
+        raise ValueError(f"--model {args.model}: {cli_words(' '.join(str(e).split()))}") from None
     except Exception as e:  # the factory, its forward or its backward: the user's code, not ours
         first = (str(e).strip().splitlines() or [""])[0]
         raise ValueError(f"--model {args.model}: {type(e).__name__}: {first or '(no message)'} (in factory(seed, "

@@ -239,3 +239,43 @@ def test_as_a_user_runs_it(tmp_path):
     done = subprocess.run([*argv, "--roles", USER_ROLES], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("module,")
+
+
+COORD_FACTORY = """
+import torch
+from torch import nn
+
+
+class Conv1D(nn.Module):
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out).normal_(0, 0.02))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
+def make(seed, width):
+    model = nn.Sequential(nn.Linear(8, width), nn.Tanh(), Conv1D(width, width), nn.Tanh(), nn.Linear(width, 4))
+    return model, torch.randn(16, 8, generator=torch.Generator().manual_seed(seed))
+"""
+
+
+def test_coord_takes_roles_for_a_model_of_yours(tmp_path, monkeypatch, capsys):
+    """initcore coord --model FACTORY --init STRATEGY: a parameter without a role is refused in one line naming
+    --roles; with --roles the check runs to its verdict (0 or 1); on a built-in model --roles is refused."""
+    name = f"coord_user_{abs(hash(tmp_path.name))}"
+    (tmp_path / f"{name}.py").write_text(COORD_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    argv = ["coord", "--model", f"{name}:make", "--init", "xavier_uniform", "--widths", "8,16", "--steps", "1",
+            "--no-plot", "--format", "csv"]
+    for extra, message in [([], "parameter '2.weight' has no role; declare it in its module's ROLES, or give --roles "
+                                "PATTERN=ROLE"),
+                           (["--model", "mlp", "--roles", "*=hidden"], "--roles does not apply to --model mlp")]:
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*argv, *extra])
+        out, err = capsys.readouterr()
+        assert exc.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert cli.main([*argv, "--roles", "2.weight=hidden:transposed"]) in (0, 1)
+    assert "coordinate" in capsys.readouterr().out.splitlines()[0]
