@@ -69,6 +69,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "initcore trace --model mynet:build --input-shape 32,64": (SKIP, "mynet is the reader's module"),
     "initcore diagnose --model mynet:build --input-shape 32,64 --init kaiming_normal": (SKIP, "mynet"),
     "initcore report --out report-mynet --model mynet:build --input-shape 32,64": (SKIP, "mynet"),
+    "initcore trace --model hfgpt:build --input-shape 4,32 --vocab 512 --init gpt2 --roles gpt2-roles.txt":
+        (SKIP, "hfgpt and gpt2-roles.txt are the reader's; tests/cli/test_roles.py runs --roles from a file"),
     # Check your own model: the files the README shows the reader writing
     "pytest test_init_health.py --update-baselines": (SKIP, "test_init_health.py is the reader's file"),
     "pytest test_init_health.py": (SKIP, "test_init_health.py is the reader's file"),
