@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import difflib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -191,6 +192,8 @@ def catalogue() -> list[Rule]:
 
 # --- expectations ---------------------------------------------------------------------------------------------
 
+# "2L" as written in papers and the README: a number right before a name is a product (not "1e-6"'s exponent).
+_IMPLICIT_PRODUCT = re.compile(r"(?<![\w.])(\d+(?:\.\d*)?)(?=[A-Za-z_])(?![eE][+-]?\d)")
 _FUNCS = {"sqrt": math.sqrt, "log": math.log, "exp": math.exp}
 _VARS = ("L", "l", "fan_in", "fan_out", "d")
 _RULE_ARGS = {
@@ -259,7 +262,7 @@ def parse(text: str) -> Rule:
         formula = _expected_formula(text, {}, "fan_in") if text in _RULE_ARGS else None
         return Rule(text, _expected_strategy(text, formula), "expected", True)
     try:
-        tree = ast.parse(text, mode="eval").body
+        tree = ast.parse(_IMPLICIT_PRODUCT.sub(r"\1*", text), mode="eval").body
     except SyntaxError:
         raise ValueError(f"rule {text!r} does not parse; valid: {_valid()}") from None
     if isinstance(tree, ast.Name):
@@ -269,7 +272,7 @@ def parse(text: str) -> Rule:
     else:
         raise ValueError(f"rule {text!r} does not parse; valid: {_valid()}")
     if name not in _RULE_ARGS:
-        close = difflib.get_close_matches(name, [*_RULE_ARGS, *strategies.names()], n=3)
+        close = difflib.get_close_matches(name, list(dict.fromkeys([*_RULE_ARGS, *strategies.names()])), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"rule {text!r}: unknown rule {name!r}{hint}; valid: {_valid()}")
     names = _RULE_ARGS[name]

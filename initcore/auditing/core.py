@@ -76,7 +76,7 @@ def _rules_matched(lay: Layout, ev: F.Evidence, f: F.Fit, rules: list[C.Rule], n
     if lay.kind == "matrix" and (lay.transposed or lay.chunks > 1) and \
             (lay.stored_fan_in, lay.stored_fan_out) != (lay.fan_in, lay.fan_out):
         sites.append((_site(lay, n_layers, stored=True), True))
-    found: list[tuple[int, str, float, bool]] = []
+    found: list[tuple[tuple[int, int, int], str, float, bool]] = []
     seen: set[str] = set()
     for stored_index, (site, stored) in enumerate(sites):
         for i, rule in enumerate(rules):
@@ -94,7 +94,10 @@ def _rules_matched(lay: Layout, ev: F.Evidence, f: F.Fit, rules: list[C.Rule], n
                 # The fitted family breaks ties only where a sample that large resolves families (fit.DECISIVE).
                 mismatch = ev.m >= F.DECISIVE and t.family != f.family and \
                     not (t.family == "constant" and f.family in ("zeros", "ones"))
-                found.append((stored_index * 10_000 + (1000 if mismatch else 0) + i, rule.name, v.z, stored))
+                # Catalogue order decides between the layer's fans and the stored tensor's: torch.nn.init's own
+                # modes come first, so kaiming_normal on the stored (in, out) of a Conv1D outranks the layer's
+                # kaiming_normal(fan_out) that draws the same, and the transposed flag names the likelier bug.
+                found.append(((1 if mismatch else 0, i, stored_index), rule.name, v.z, stored))
     found.sort()
     return [(name, z, stored) for _, name, z, stored in found]
 
@@ -240,8 +243,8 @@ def _flag(rows: list[_Row]) -> None:
         elif f.family == "none":
             row.flags.append(("uninitialized", f"no family explains it: mean {f.mean:.3g}, std {f.std:.3g}, "
                                                 f"KS p {f.p_value:.1g} for the closest"))
-        elif row.matches and row.matches[0][2] and not any(not stored for _, _, stored in row.matches):
-            rule = row.matches[0][0]
+        elif row.matches and row.matches[0][2] and lay.module not in ("Embedding", "EmbeddingBag"):
+            rule = row.matches[0][0]  # best on the stored tensor's fans (an embedding's are a matter of convention)
             if lay.chunks > 1 and not lay.transposed:
                 row.flags.append(("packed", f"{rule} on the packed {lay.shape}: fans {lay.stored_fan_in}, "
                                             f"{lay.stored_fan_out}, where each of its {lay.chunks} projections has "
@@ -281,6 +284,19 @@ def _flag_peers(rows: list[_Row]) -> None:
                                                f"follow other rules: {shown}"))
 
 
+def _common_rule(members: list[_Row]) -> tuple[str, int]:
+    """The rule most members match (on the layer's fans), ties to the catalogue's preferred name; and how many."""
+    common = Counter(name for r in members for name in _matched(r))
+    if not common:
+        return "", 0
+    top = max(common.values())
+    rank = {}
+    for r in members:
+        for position, (name, _, _) in enumerate(r.matches):
+            rank[name] = min(rank.get(name, position), position)
+    return min((name for name, n in common.items() if n == top), key=lambda name: (rank[name], name)), top
+
+
 def _flag_groups(rows: list[_Row]) -> None:
     groups: dict[tuple, list[_Row]] = {}
     for row in rows:
@@ -288,10 +304,9 @@ def _flag_groups(rows: list[_Row]) -> None:
     for members in groups.values():
         if len(members) < 3:
             continue
-        common = Counter(name for r in members for name in _matched(r))
-        if not common:
+        rule, count = _common_rule(members)
+        if not rule:
             continue
-        rule, count = common.most_common(1)[0]
         if count == len(members) or count <= len(members) / 2:
             continue
         for row in members:

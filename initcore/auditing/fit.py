@@ -32,7 +32,7 @@ import numpy as np
 SAMPLE_MAX = 1 << 16  # entries sampled from a larger parameter (uniformly, with replacement)
 Z_SCALE = 5.5  # standard errors a std may lie from its target's (two-sided rate 3.8e-8)
 ALPHA = 1e-6  # false-alarm rate of the shape and tail tests, and of "no family explains it"
-ALPHA_BOUNDED = 1e-3  # the fitted family is bounded when m normal draws stay this improbably small
+ALPHA_BOUNDED = 5e-3  # the fitted family is bounded when m normal draws stay this improbably small
 ORTHO_TOL = 1e-3  # |G - g^2 I| / g^2 of an orthogonal matrix's Gram (float32 QR: ~1e-6; Gaussian rows: ~4/sqrt(n))
 REL_FLOOR = 1e-4  # relative scale error from float32 rounding of drawn entries, far below any statistical one
 CONSTANTS = {0.0: "zeros", 1.0: "ones"}
