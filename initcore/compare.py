@@ -1,4 +1,5 @@
-"""Read pytest-benchmark JSON results: CPU against CUDA per case and pass, and one run against another.
+"""Read pytest-benchmark JSON results: CPU against CUDA per case and pass, and one run against another; and two
+traces of one model at one seed, number for number (``run_traces``).
 
 ``table`` puts the CPU and CUDA medians of each case and pass side by side, with the speedup, the
 achieved GFLOP/s and its fraction of the device's measured matmul rate (both from each benchmark's
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from initcore import baselines
 
 DEVICES = ("cpu", "cuda")  # the table's device columns, in order (initcore.testing.devices.DEVICES)
 DEFAULT_THRESHOLD = 0.10  # a benchmark slowed by more than 10% at the median, beyond noise, is a regression
@@ -288,11 +291,82 @@ def _describe(path: str, data: Results) -> str:
     return f"{path}: " + ", ".join(parts) if parts else path
 
 
+# --- two traces: same seed, same numbers ---------------------------------------------------------------------
+# Two ``initcore trace --format csv`` files of one model at one seed on one machine hold the same numbers, to
+# the float nondeterminism of the thread count (``baselines.EXACT_RTOL``, measured there), unless the model's
+# code computes something else. A trace file records no seed or digest: traced at another seed, every row
+# differs by seed noise, which is what the bench's bands are for.
+TRACE_KEY = ("module", "kind", "layer")
+
+
+def load_trace(path: str | Path) -> pd.DataFrame:
+    """An ``initcore trace --format csv`` file as tidy rows ``layer`` (the module), ``statistic``, ``value``, in
+    the model's order (NaN statistics dropped). ResultsError for a file that is not one."""
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ResultsError(f"{path}: not a trace CSV ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                           ) from None
+    if not {"module", "kind"} <= set(frame.columns):
+        raise ResultsError(f"{path}: not a trace CSV (no module and kind columns); write one with "
+                           f"initcore trace ... --format csv > FILE.csv")
+    numbers = [c for c in frame.columns if c not in TRACE_KEY and pd.api.types.is_numeric_dtype(frame[c])]
+    tidy = frame.melt(id_vars=["module"], value_vars=numbers, var_name="statistic", value_name="value",
+                      ignore_index=False).reset_index(names="_row").sort_values(["_row"], kind="stable")
+    tidy = tidy.dropna(subset=["value"])
+    return pd.DataFrame({"config": "trace", "layer": tidy["module"].astype(str), "statistic": tidy["statistic"],
+                         "value": tidy["value"].astype(float)}).reset_index(drop=True)
+
+
+def compare_traces(before: pd.DataFrame, after: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``baselines.compare_seed`` of ``after`` against ``before`` (rows that moved ranked by relative difference),
+    and the (layer, statistic) rows found in one trace only (column ``side``)."""
+    result = baselines.compare_seed(after, before)
+    keys = ["layer", "statistic"]
+    both = before[keys].merge(after[keys], how="outer", indicator=True)
+    only = both[both["_merge"] != "both"].assign(side=lambda f: f["_merge"].map(
+        {"left_only": "only before", "right_only": "only after"}).astype(str)).drop(columns="_merge")
+    return result.sort_values("rel_diff", ascending=False, kind="stable").reset_index(drop=True), only
+
+
+def run_traces(before_path: str, after_path: str) -> int:
+    """``initcore compare BEFORE.csv AFTER.csv``: 0 when every statistic is the same number, 1 when some moved
+    (the table, ranked by relative difference, and the first row to move in the model's order)."""
+    before, after = load_trace(before_path), load_trace(after_path)
+    result, only = compare_traces(before, after)
+    moved = result[result["moved"]]
+    print(_wrap(f"before: {before_path}\nafter:  {after_path}"))
+    if len(only):
+        print(f"{len(only)} statistics are in one trace only (another model, or other rows):")
+        print("\n".join("  " + line for line in only.head(20).to_string(index=False).splitlines()))
+    if not len(moved):
+        largest = float(result["rel_diff"].max()) if len(result) else 0.0
+        print(_wrap(f"same numbers: {len(result)} statistics equal within {baselines.EXACT_RTOL:g} relative "
+                    f"(largest relative difference {largest:.2g}); trace both at one --seed on one machine: "
+                    f"at another seed every row differs by seed noise"))
+        return 1 if len(only) else 0
+    shown = moved.head(40)[["layer", "statistic", "stored", "measured", "rel_diff"]].rename(
+        columns={"layer": "module", "stored": "before", "measured": "after"})
+    print(f"{len(moved)} of {len(result)} statistics differ beyond {baselines.EXACT_RTOL:g} relative (at one seed "
+          f"and machine, the code computes something else), largest first:")
+    print("\n".join("  " + line for line in shown.to_string(index=False, float_format="{:.6g}".format).splitlines()))
+    forward = moved[~moved["statistic"].str.contains("grad")]
+    first = (forward if len(forward) else moved).sort_values("order", kind="stable").iloc[0]
+    print(_wrap(f"first to move in the model's order: {first['layer']} {first['statistic']} (rel_diff "
+                f"{first['rel_diff']:.3g}): the edit is there or just before it"))
+    return 1
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``compare`` command's arguments, for ``initcore.cli`` (or any parser)."""
-    parser.add_argument("results", metavar="RESULTS.json", help="pytest-benchmark JSON (--benchmark-json, autosave)")
+    parser.add_argument("results", metavar="RESULTS.json",
+                        help="pytest-benchmark JSON (--benchmark-json, autosave), or a trace CSV (initcore trace "
+                             "--format csv) to compare with another")
     parser.add_argument("other", metavar="OTHER.json", nargs="?",
-                        help="a later run: print each benchmark's median ratio OTHER/RESULTS instead")
+                        help="a later run: print each benchmark's median ratio OTHER/RESULTS instead; or, after a "
+                             "trace CSV, a second trace of the same model and seed: exit 1 if a number moved")
     parser.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
                         help="with OTHER.json: exit 1 if a median slowed by more than this fraction (default 0.10)")
     return parser
@@ -309,7 +383,17 @@ def _threshold(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the table (one file) or the ratios (two). Exit status 0; 1 on a regression; 2 on a bad file."""
+    """Print the table (one file) or the ratios (two), or compare two traces (CSV). Exit status 0; 1 on a
+    regression or a trace whose numbers moved; 2 on a bad file."""
+    if str(args.results).endswith(".csv") or str(args.other or "").endswith(".csv"):
+        try:
+            if not args.other:
+                raise ResultsError(f"{args.results}: a trace compares with a second trace: initcore compare "
+                                   f"BEFORE.csv AFTER.csv")
+            return run_traces(args.results, args.other)
+        except ResultsError as e:
+            print(f"initcore compare: error: {e}", file=sys.stderr)
+            return 2
     try:
         first = load(args.results)
         second = load(args.other) if args.other else None

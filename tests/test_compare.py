@@ -326,3 +326,48 @@ def test_moves_both_ways_beyond_noise_warn_of_load():
     assert "note: benchmarks moved both ways beyond noise" in compare.summary(r)
     one_way = compare.ratio(_results(_timed("a", 1.0, 0.98, 1.03)), _results(_timed("a", 1.5, 1.47, 1.55)))
     assert "note:" not in compare.summary(one_way)
+
+
+# --- two traces of one model and seed, number for number -----------------------------------------------------
+
+TRACE = pd.DataFrame({"module": ["layers.0", "layers.1", "layers.2"], "kind": "linear", "layer": [0, 1, 2],
+                      "act_std": [0.5, 0.25, 0.125], "act_mean": [0.01, -0.02, 0.0],
+                      "grad_norm": [0.03, 0.02, 0.01], "logit_std": math.nan})
+
+
+def _trace(tmp_path, name: str, frame: pd.DataFrame) -> str:
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def test_two_traces_with_the_same_numbers_exit_0(tmp_path, capsys):
+    # 1e-6 relative is within EXACT_RTOL (1e-4): a thread count's reduction order, not a change
+    after = TRACE.assign(act_std=TRACE["act_std"] * (1 + 1e-6))
+    assert compare.main([_trace(tmp_path, "a.csv", TRACE), _trace(tmp_path, "b.csv", after)]) == 0
+    assert "same numbers: 9 statistics equal" in capsys.readouterr().out  # 3 rows x 3 statistics, NaN left out
+
+
+def test_two_traces_that_differ_exit_1_ranked_with_the_first_row_to_move(tmp_path, capsys):
+    # layers.1's act_std 1% larger (an edit there), layers.2's 3% (downstream, further), gradients upstream
+    after = TRACE.assign(act_std=[0.5, 0.25 * 1.01, 0.125 * 1.03], grad_norm=[0.0301, 0.02, 0.01])
+    assert compare.main([_trace(tmp_path, "a.csv", TRACE), _trace(tmp_path, "b.csv", after)]) == 1
+    out = capsys.readouterr().out
+    assert "3 of 9 statistics differ beyond 0.0001 relative" in out
+    lines = [line.split() for line in out.splitlines() if line.startswith("  layers.")]
+    assert [(l[0], l[1]) for l in lines] == [("layers.2", "act_std"), ("layers.1", "act_std"),
+                                              ("layers.0", "grad_norm")]  # largest relative difference first
+    assert "first to move in the model's order: layers.1 act_std" in out  # forward rows, not the gradient
+
+
+@pytest.mark.parametrize("args, words", [
+    (["a.csv"], "a trace compares with a second trace"),
+    (["a.csv", "bad.csv"], "not a trace CSV (no module and kind columns)"),
+    (["a.csv", "missing.csv"], "missing.csv: no such file"),
+])
+def test_bad_trace_input_exits_2_with_one_line(tmp_path, capsys, args, words):
+    _trace(tmp_path, "a.csv", TRACE)
+    (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
+    assert compare.main([str(tmp_path / a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
