@@ -37,13 +37,23 @@ from torch import nn
 from initcore.auditing import catalogue as C
 from initcore.auditing import fit as F
 from initcore.auditing.layout import Layout, evidence, layouts, n_blocks
+from initcore.models import structure
 from initcore.models.roles import Role, name_pattern
 
 FLAGS = ("uninitialized", "untied", "torch_default", "packed", "transposed", "equal", "differs", "expected")
 SHARDS = (2, 4, 8)  # equal row blocks of a matrix looked for: what identical draws on 2, 4 or 8 ranks leave
 
 
-group_of = name_pattern  # a group: the parameters whose names differ only in block indices
+def group_of(name: str, blocks: Sequence[str] = ()) -> str:
+    """A parameter's group: its name with block indices made ``*`` (``h.3.attn.c_proj.weight`` ->
+    ``h.*.attn.c_proj.weight``), and the name of a repeated block that is not an index (torchvision's
+    ``encoder.layers.encoder_layer_3``, see ``models.structure.blocks``) made ``*`` too."""
+    for block in blocks:
+        if name.startswith(block + "."):
+            parent, _, _ = block.rpartition(".")
+            name = f"{parent}.*{name[len(block):]}" if parent else f"*{name[len(block):]}"
+            break
+    return name_pattern(name)
 
 
 @dataclass
@@ -51,7 +61,8 @@ class _Row:
     layout: Layout
     ev: F.Evidence
     fit: F.Fit
-    matches: list[tuple[str, float, bool]]  # (rule, z, read on the stored tensor), best first
+    matches: list[_Match]  # best first (see _rank)
+    group: str = ""
     expected: str = ""
     expected_ok: bool | None = None
     expected_why: str = ""
@@ -76,7 +87,7 @@ def _rules_matched(lay: Layout, ev: F.Evidence, f: F.Fit, rules: list[C.Rule], n
     if lay.kind == "matrix" and (lay.transposed or lay.chunks > 1) and \
             (lay.stored_fan_in, lay.stored_fan_out) != (lay.fan_in, lay.fan_out):
         sites.append((_site(lay, n_layers, stored=True), True))
-    found: list[tuple[tuple[int, int, int], str, float, bool]] = []
+    found: list[_Match] = []
     seen: set[str] = set()
     for stored_index, (site, stored) in enumerate(sites):
         for i, rule in enumerate(rules):
@@ -94,12 +105,33 @@ def _rules_matched(lay: Layout, ev: F.Evidence, f: F.Fit, rules: list[C.Rule], n
                 # The fitted family breaks ties only where a sample that large resolves families (fit.DECISIVE).
                 mismatch = ev.m >= F.DECISIVE and t.family != f.family and \
                     not (t.family == "constant" and f.family in ("zeros", "ones"))
-                # Catalogue order decides between the layer's fans and the stored tensor's: torch.nn.init's own
-                # modes come first, so kaiming_normal on the stored (in, out) of a Conv1D outranks the layer's
-                # kaiming_normal(fan_out) that draws the same, and the transposed flag names the likelier bug.
-                found.append(((1 if mismatch else 0, i, stored_index), rule.name, v.z, stored))
-    found.sort()
-    return [(name, z, stored) for _, name, z, stored in found]
+                found.append(_Match(rule.name, v.z, stored, mismatch, i))
+    return found
+
+
+@dataclass(frozen=True)
+class _Match:
+    rule: str
+    z: float  # the scale's error in standard errors
+    stored: bool  # read on the stored tensor's fans, not the layer's
+    mismatch: bool  # of another family than the fitted one
+    index: int  # place in the catalogue
+
+
+def _rank(rows: list[_Row]) -> None:
+    """Order each row's matches, best first: the fitted family; a scale within 3 standard errors (a true rule's is
+    beyond with probability 0.27%); the rule that
+    explains the most parameters of the same module type and attribute (an init applies one rule per module
+    type: torchvision's ResNet convolutions are all kaiming_normal(fan_out), which on a square kernel equals
+    xavier_normal(relu) and on a 1x1 one lecun_normal); the catalogue's order (torch.nn.init's own modes
+    first, so kaiming_normal on a Conv1D's stored (in, out) outranks the layer's kaiming_normal(fan_out))."""
+    peers: dict[tuple[str, str], Counter] = {}
+    for row in rows:
+        counter = peers.setdefault((row.layout.module, row.layout.attr), Counter())
+        counter.update({m.rule for m in row.matches})
+    for row in rows:
+        counter = peers[(row.layout.module, row.layout.attr)]
+        row.matches.sort(key=lambda m: (m.mismatch, abs(m.z) > 3, -counter[m.rule], m.index, m.stored))
 
 
 def _fingerprint(p: torch.Tensor) -> tuple:
@@ -152,13 +184,14 @@ def audit(model: nn.Module, *, expect: str | Mapping[str, str] | None = None,
     if not (isinstance(depth, int) and depth > 0):
         raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
     rules = C.catalogue()
+    blocks = [name for name, _ in structure.blocks(model)]
     gen = torch.Generator().manual_seed(seed)
     rows: list[_Row] = []
     by_print: dict[tuple, list[int]] = {}
     for lay, p in items:
         ev = evidence(p, gen, sample_max)
         f = F.fit(ev)
-        row = _Row(lay, ev, f, _rules_matched(lay, ev, f, rules, depth), flags=[])
+        row = _Row(lay, ev, f, _rules_matched(lay, ev, f, rules, depth), group_of(lay.name, blocks), flags=[])
         rule = next((r for pattern, r in expectations if any(_fnmatch(n, pattern) for n in lay.names)), None)
         if rule is not None:
             _check_expected(row, rule, depth)
@@ -174,6 +207,7 @@ def audit(model: nn.Module, *, expect: str | Mapping[str, str] | None = None,
             if torch.equal(params[a].detach(), params[b].detach()):
                 for i, j in ((a, b), (b, a)):
                     rows[i].flags.append(("equal", f"equal to {rows[j].layout.name}, which is not tied to it"))
+    _rank(rows)
     _flag_untied(rows, tied)
     _flag(rows)
     return _frame(rows)
@@ -232,7 +266,7 @@ def _check_expected(row: _Row, rule: C.Rule, depth: int) -> None:
 
 
 def _best(row: _Row) -> str:
-    return row.matches[0][0] if row.matches else ""
+    return row.matches[0].rule if row.matches else ""
 
 
 def _flag(rows: list[_Row]) -> None:
@@ -243,8 +277,8 @@ def _flag(rows: list[_Row]) -> None:
         elif f.family == "none":
             row.flags.append(("uninitialized", f"no family explains it: mean {f.mean:.3g}, std {f.std:.3g}, "
                                                 f"KS p {f.p_value:.1g} for the closest"))
-        elif row.matches and row.matches[0][2] and lay.module not in ("Embedding", "EmbeddingBag"):
-            rule = row.matches[0][0]  # best on the stored tensor's fans (an embedding's are a matter of convention)
+        elif row.matches and row.matches[0].stored and lay.module not in ("Embedding", "EmbeddingBag"):
+            rule = row.matches[0].rule  # best on the stored tensor's fans (an embedding's are a matter of convention)
             if lay.chunks > 1 and not lay.transposed:
                 row.flags.append(("packed", f"{rule} on the packed {lay.shape}: fans {lay.stored_fan_in}, "
                                             f"{lay.stored_fan_out}, where each of its {lay.chunks} projections has "
@@ -258,12 +292,12 @@ def _flag(rows: list[_Row]) -> None:
 
 
 def _matched(row: _Row) -> set[str]:
-    return {name for name, _, stored in row.matches if not stored}
+    return {m.rule for m in row.matches if not m.stored}
 
 
 def _flag_peers(rows: list[_Row]) -> None:
-    """Left at torch's default while at least two thirds of the other parameters of its module type and
-    attribute (``Linear.weight``) follow other rules: a module the model's own init never reached."""
+    """Left at torch's default while at least two thirds of the (three or more) other parameters of its module
+    type and attribute (``Linear.weight``) follow other rules: a module the model's own init never reached."""
     peers: dict[tuple[str, str], list[_Row]] = {}
     for row in rows:
         peers.setdefault((row.layout.module, row.layout.attr), []).append(row)
@@ -275,7 +309,7 @@ def _flag_peers(rows: list[_Row]) -> None:
                 continue
             others = [r for r in members if r is not row]
             elsewhere = [r for r in others if r.matches and "torch_default" not in _matched(r)]
-            if len(elsewhere) < 2 or 3 * len(elsewhere) < 2 * len(others):
+            if len(others) < 3 or 3 * len(elsewhere) < 2 * len(others):
                 continue
             rules = Counter(_best(r) for r in elsewhere).most_common(2)
             shown = ", ".join(f"{name} ({count})" for name, count in rules)
@@ -292,15 +326,15 @@ def _common_rule(members: list[_Row]) -> tuple[str, int]:
     top = max(common.values())
     rank = {}
     for r in members:
-        for position, (name, _, _) in enumerate(r.matches):
-            rank[name] = min(rank.get(name, position), position)
+        for position, m in enumerate(r.matches):
+            rank[m.rule] = min(rank.get(m.rule, position), position)
     return min((name for name, n in common.items() if n == top), key=lambda name: (rank[name], name)), top
 
 
 def _flag_groups(rows: list[_Row]) -> None:
     groups: dict[tuple, list[_Row]] = {}
     for row in rows:
-        groups.setdefault((group_of(row.layout.name), row.layout.module, row.layout.attr), []).append(row)
+        groups.setdefault((row.group, row.layout.module, row.layout.attr), []).append(row)
     for members in groups.values():
         if len(members) < 3:
             continue
@@ -320,13 +354,13 @@ def _frame(rows: list[_Row]) -> pd.DataFrame:
     for row in rows:
         lay, f = row.layout, row.fit
         records.append({
-            "group": group_of(lay.name), "name": lay.name, "tied": ", ".join(lay.names[1:]),
+            "group": row.group, "name": lay.name, "tied": ", ".join(lay.names[1:]),
             "module": lay.module, "attr": lay.attr, "shape": "x".join(map(str, lay.shape)) or "()",
             "fan_in": lay.fan_in, "fan_out": lay.fan_out, "chunks": lay.chunks, "transposed": lay.transposed,
             "role": lay.role or "", "block": -1 if lay.block is None else lay.block, "numel": row.ev.n,
             "sampled": row.ev.m, "family": f.family, "scale": f.scale, "n_sigma": f.n_sigma, "mean": f.mean,
             "std": f.std, "ks_p": f.p_value, "fit": f.describe(), "rule": _best(row),
-            "also": ", ".join(name for name, _, _ in row.matches[1:6]),
+            "also": ", ".join(m.rule for m in row.matches[1:6]),
             "expected": row.expected, "expected_ok": row.expected_ok,
             "flags": ", ".join(sorted({flag for flag, _ in row.flags}, key=FLAGS.index)),
             "evidence": "; ".join(text for _, text in row.flags) or row.expected_why,

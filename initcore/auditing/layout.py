@@ -34,7 +34,7 @@ class Layout:
     module: str  # the owning module's type, e.g. "Linear", "Conv1D", "LayerNorm"
     attr: str  # its name inside that module: "weight", "bias", "in_proj_weight", ...
     shape: tuple[int, ...]
-    kind: str  # "matrix" (2-D or more), "vector", "scalar"
+    kind: str  # "matrix" (a weight of 2-D or more), "tensor" (another parameter of 2-D or more), "vector", "scalar"
     fan_in: int  # of one packed chunk, as the module uses it (0 for a vector)
     fan_out: int
     stored_fan_in: int  # torch.nn.init's fans of the stored tensor (what nn.init.* would use)
@@ -106,7 +106,9 @@ def layouts(model: nn.Module,
             view_shape = (shape[1], shape[0], *shape[2:]) if transposed and len(shape) == 2 else shape
             rows = view_shape[0] // chunks
             field = math.prod(view_shape[2:]) if len(view_shape) > 2 else 1
-            fan_in, fan_out, kind = view_shape[1] * field, rows * field, "matrix"
+            fan_in, fan_out = view_shape[1] * field, rows * field
+            # A bare nn.Parameter (ViT's pos_embedding, a class token) has a shape but no fans: no formula reads it.
+            kind = "matrix" if "weight" in attr or r is not None else "tensor"
         else:
             chunks, fan_in, fan_out = 1, 0, 0
             kind = "vector" if shape and math.prod(shape) > 1 else "scalar"
