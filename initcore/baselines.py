@@ -465,8 +465,8 @@ class SeedRecord:
 
     def to_dict(self) -> dict:
         """Plain lists (what pytest-xdist carries from a worker)."""
-        return {"seed": self.seed, "environment": [list(p) for p in self.environment], "inputs": self.inputs,
-                "params": [list(p) for p in self.params]}
+        return {"seed": int(self.seed), "environment": [[str(k), str(v)] for k, v in self.environment],
+                "inputs": str(self.inputs), "params": [[str(k), str(v)] for k, v in self.params]}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> SeedRecord:

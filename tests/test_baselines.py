@@ -503,3 +503,104 @@ def test_concurrent_updates_lose_nothing(tmp_path):
             assert sorted(set(bl.load(path)["config"])) == [f"cfg{i}" for i in range(8)]
             assert path.read_bytes() == serial.read_bytes()
             assert sorted(p.name for p in path.parent.iterdir()) == ["exp.csv"]  # the lock is in the temp dir
+
+
+# --- same seed, same numbers --------------------------------------------------------------------------------------
+
+ENV = (("torch", "2.0"), ("device", "cpu"), ("dtype", "float32"))
+RECORD = bl.SeedRecord(0, ENV, "a" * 16, (("l.0.weight", "1" * 16), ("l.1.weight", "2" * 16)))
+
+
+def seed_rows(values: dict[str, float], spread=0.01) -> pd.DataFrame:
+    return pd.DataFrame([{**row(layer=layer, mean=math.log(v), spread=spread), "value": v}
+                         for layer, v in values.items()])
+
+
+def test_compare_seed_by_hand():
+    rows = seed_rows({"0": 1.0, "1": 2.0, "2": 4.0})
+    # layer 0: 1 + 5e-5 is within EXACT_RTOL = 1e-4 (5e-5 * 1 + 1e-6 allowed 1.01e-4); layer 1: 2.002 is 1e-3 off;
+    # layer 2 equal
+    got = bl.compare_seed(measured(("c", "0", "act_std", 1.00005), ("c", "1", "act_std", 2.002),
+                                   ("c", "2", "act_std", 4.0)), rows).set_index("layer")
+    assert got["moved"].tolist() == [False, True, False]
+    assert got["rel_diff"].tolist() == pytest.approx([5e-5, 1e-3, 0.0])
+    assert got["order"].tolist() == [0, 1, 2]
+    # a gradient row gets backward_rtol where that is larger (a chaotic network's rounding)
+    grad = seed_rows({"0": 1.0}).assign(statistic="grad_norm")
+    assert bl.compare_seed(measured(("c", "0", "grad_norm", 1.002)), grad)["moved"].all()
+    assert not bl.compare_seed(measured(("c", "0", "grad_norm", 1.002)), grad, backward_rtol=0.01)["moved"].any()
+    # rows without a stored value (an older file) are not compared
+    assert bl.compare_seed(measured(("c", "0", "act_std", 9.0)), seed_rows({"0": 1.0}).assign(value=np.nan)).empty
+
+
+def test_why_not_exact_names_each_reason():
+    assert bl.why_not_exact(RECORD, 0, ENV) is None
+    assert "holds no seed values" in bl.why_not_exact(None, 0, ENV)
+    assert "this run's seed is 7, the baseline's values are seed 0's" in bl.why_not_exact(RECORD, 7, ENV)
+    other = (("torch", "2.1"), ("device", "cuda"), ("dtype", "float32"))
+    assert ("another environment (torch 2.0 there, 2.1 here, device cpu there, cuda here)"
+            in bl.why_not_exact(RECORD, 0, other))
+
+
+def test_parameters_differ_names_the_first_that_changed_in_the_models_order():
+    assert bl.parameters_differ(RECORD, RECORD.params, RECORD.inputs) is None
+    swapped = (("l.1.weight", "1" * 16), ("l.0.weight", "2" * 16))  # the draws' order swapped
+    line = bl.parameters_differ(RECORD, swapped, RECORD.inputs)
+    assert "parameters differ at the same seed (2 of 2: l.1.weight, l.0.weight)" in line
+    assert "the inputs differ" in bl.parameters_differ(RECORD, RECORD.params, "b" * 16)
+
+
+def test_seed_mismatch_ranks_by_relative_difference_with_the_band_verdict():
+    rows = seed_rows({"0": 1.0, "1": 2.0, "2": 4.0})
+    m = measured(("c", "0", "act_std", 1.0), ("c", "1", "act_std", 2.01), ("c", "2", "act_std", 6.0))
+    band = bl.compare(m, rows)
+    with pytest.raises(bl.SeedMismatch) as info:
+        bl.assert_seed_matches(m, rows, band, 0, command="pytest test_x.py --update-baselines")
+    text = str(info.value)
+    assert text.startswith("2 of 3 statistics differ from their seed-0 values")
+    assert info.value.rows["layer"].tolist() == ["2", "1"]  # 50% before 0.5%
+    assert info.value.rows["band"].tolist() == ["outside band", "within band"]  # 0.5% is 0.5 spreads
+    assert "first to move in the model's order: 1 act_std" in text
+    assert "1 of 2 rows moved less than the seed-to-seed noise" in text
+    assert "run `pytest test_x.py --update-baselines`" in text
+
+
+def test_seed_values_and_records_round_trip_byte_for_byte(tmp_path):
+    rows = seed_rows({"0": 1 / 3, "1": 2.0})
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    bl.replace_configs(first, rows, records={"c": RECORD})
+    text = first.read_text()
+    assert "c,0,act_std,-1.099,0.01,8,log,0.333333333\n" in text  # the seed's value to 9 digits
+    assert "c,(seed),seed,,,,,0\n" in text and "c,l.0.weight,digest,,,,,1111111111111111\n" in text
+    stored = bl.read(first)
+    assert stored.records == {"c": RECORD}
+    bl.replace_configs(second, stored.rows, records=stored.records)
+    assert second.read_bytes() == first.read_bytes()
+    # a file of the older 7 columns reads as one without seed values or records
+    (tmp_path / "old.csv").write_text(GOOD)
+    old = bl.read(tmp_path / "old.csv")
+    assert old.records == {} and old.rows["value"].isna().all()
+
+
+@pytest.mark.parametrize("old, new, words, at", [
+    (",0.333333333\n", ",abc\n", "value 'abc' is not a number", None),
+    ("digest,,,,,1111111111111111", "digest,,,,,11111111111111zz", "the digest of l.0.weight is '11111111111111zz'",
+     None),
+    # an edited digest that still looks like one: the (parameters) row no longer matches, and is named
+    ("digest,,,,,1111111111111111", "digest,,,,,1111111111111112", "the digest of (parameters) is not that of",
+     "c,(parameters)"),
+    ("c,(seed),seed,,,,,0", "c,(seed),seed,,,,,x", "the seed row is (seed),x", None),
+    ("c,(seed),seed,,,,,0", "c,(seed),seed,1,,,,0", "a seed row has only a value", None),
+])
+def test_a_corrupt_seed_value_or_digest_is_one_line_naming_file_and_row(tmp_path, old, new, words, at):
+    path = tmp_path / "exp.csv"
+    bl.replace_configs(path, seed_rows({"0": 1 / 3}), records={"c": RECORD})
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new))
+    line = text[: text.index(at or old)].count("\n") + 1
+    with pytest.raises(bl.BaselineCorrupt) as info:
+        bl.read(path)
+    message = str(info.value)
+    assert words in message and "\n" not in message, message
+    assert message.startswith(f"{path}, line {line}: "), message

@@ -152,7 +152,8 @@ def parameter_digests(model: nn.Module) -> tuple[tuple[str, str], ...]:
 @functools.cache
 def _torch_facts() -> tuple[tuple[str, str], ...]:
     blas = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
-    return (("torch", torch.__version__), ("cpu", torch.backends.cpu.get_cpu_capability()),
+    # str(): torch.__version__ is a TorchVersion, which pytest-xdist's execnet cannot carry from a worker
+    return (("torch", str(torch.__version__)), ("cpu", str(torch.backends.cpu.get_cpu_capability())),
             ("blas", blas.group(1) if blas else "unknown"))
 
 
