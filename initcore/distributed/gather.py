@@ -124,9 +124,10 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def _roles(model: nn.Module) -> dict[str, tuple[str, int, bool, tuple[str, ...], int | None]]:
+def _roles(model: nn.Module, roles=None) -> dict[str, tuple[str, int, bool, tuple[str, ...], int | None]]:
+    """Each parameter's role (``roles``: a recipe's own, as ``init.apply`` takes them), for the checks' rows."""
     try:
-        return {p.name: (p.role, p.chunks, p.transposed, p.parts, p.block) for p in param_roles(model)}
+        return {p.name: (p.role, p.chunks, p.transposed, p.parts, p.block) for p in param_roles(model, roles)}
     except ValueError:  # a user's model that declares no roles: the checks group by parameter instead
         return {}
 
@@ -152,6 +153,8 @@ def run_recipe(recipe: Recipe, seed: int) -> RankResult:
     generator = torch.Generator().manual_seed(seed)
     with poisoned_to_empty() as calls:
         model = recipe(mesh, generator)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the recipe returned {type(model).__name__}; it must return the sharded model (nn.Module)")
     rank = dist.get_rank()
     result = RankResult(rank, dist.get_world_size(), {}, {}, {}, [], {}, calls[0])
     full = {}
@@ -171,7 +174,8 @@ def run_recipe(recipe: Recipe, seed: int) -> RankResult:
                 if rank == 0:
                     full[name] = whole.detach().cpu().clone()
     if rank == 0:
-        result.full, result.roles, result.generator_state = full, _roles(model), generator.get_state()
+        result.full, result.generator_state = full, generator.get_state()
+        result.roles = _roles(model, getattr(recipe, "roles", None))
     return result
 
 

@@ -19,7 +19,9 @@ import atexit
 import importlib
 import io
 import os
+import pickle
 import queue
+import sys
 import time
 import traceback
 import warnings
@@ -91,6 +93,15 @@ def _get(tasks: mp.Queue, parent: int) -> Any:
                 return None
 
 
+def _follow(path: list[str]) -> None:
+    """Put the calling process's import path into this rank's (a rank forked before a user's folder became
+    importable must still find the recipe defined there), and forget what the finders cached of it."""
+    added = [p for p in path if p not in sys.path]
+    if added:
+        sys.path[:0] = added
+    importlib.invalidate_caches()
+
+
 def _rank_main(rank: int, world_size: int, backend: str, pg_timeout_s: float, tasks: mp.Queue,
                results: mp.Queue) -> None:
     # One torch thread per rank, as torchrun's OMP_NUM_THREADS=1: OpenMP does not survive a fork with its
@@ -124,8 +135,10 @@ def _rank_main(rank: int, world_size: int, backend: str, pg_timeout_s: float, ta
         message = _get(tasks, parent)
         if message is None:
             break
-        call, fn, args, kwargs = message
+        call, path, task = message
         try:
+            _follow(path)
+            fn, args, kwargs = pickle.loads(task)
             answer = ("ok", _dumps(fn(*args, **kwargs)))
         except BaseException:
             answer = ("error", traceback.format_exc())
@@ -215,8 +228,11 @@ class RankGroup:
         call = self._calls
         what = f"running {_describe(fn)}"
         try:
+            # pickled here, unpickled by the rank once it has this process's import path (see _follow): a
+            # function it cannot import is then an error it reports, not a crash of its queue's reader
+            task = pickle.dumps((fn, args, kwargs))
             for q in self._tasks:
-                q.put((call, fn, args, kwargs))
+                q.put((call, list(sys.path), task))
             answers = self._wait(set(range(self.world_size)), call, timeout_s or self.timeout_s, what)
         except BaseException:
             self.close(graceful=False)

@@ -317,6 +317,17 @@ class FactoryRecipe:
         with torch.no_grad():
             return self._init(self._model(), generator)
 
+    def promise(self, role: str, fan_in: int, fan_out: int, block: int | None, part: str, chunks: int):
+        """The distribution a strategy declares for one matrix (``init.promise``; depth: the model's repeated
+        blocks), the checks' KS target; a ValueError (no target: a two-sample test instead) for a function."""
+        if not isinstance(self.init, str):
+            raise ValueError("a function of yours declares no distribution")
+        from initcore.models.structure import blocks
+
+        with torch.device("meta"):
+            depth = len(blocks(self._model())) or 1
+        return init.promise(self.init, role, fan_in, fan_out, n_layers=depth, block=block, part=part, chunks=chunks)
+
 
 def _qualname(fn) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"

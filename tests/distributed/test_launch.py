@@ -7,6 +7,7 @@ module was imported find them by name.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
@@ -175,3 +176,23 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone too
         return f.read().split(") ")[-1][0] != "Z"
+
+
+def test_ranks_started_before_a_folder_was_importable_run_a_function_defined_there(tmp_path, monkeypatch):
+    """A notebook or a test suite starts its ranks once; a user's recipe may come from a folder put on the
+    import path later. The ranks follow the caller's import path; what they still cannot import is reported
+    as the rank's error, not as a death."""
+    g = group(2)
+    g.run(whoami, timeout_s=SLOW_S)  # started before the folders exist
+    source = "import torch.distributed as dist\n\ndef rank():\n    return dist.get_rank()\n"
+    name = f"late_recipe_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**6}"
+    for folder in ("found", "hidden"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}_{folder}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path / folder))
+    found, hidden = __import__(f"{name}_found"), __import__(f"{name}_hidden")
+    assert g.run(found.rank, timeout_s=SLOW_S) == [0, 1]
+    assert g.alive
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "hidden")])
+    with pytest.raises(RankFailure, match=rf"(?s)rank 0 of 2 raised.*No module named '{name}_hidden'"):
+        g.run(hidden.rank, timeout_s=SLOW_S)
