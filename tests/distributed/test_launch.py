@@ -191,8 +191,8 @@ def test_ranks_started_before_a_folder_was_importable_run_a_function_defined_the
         (tmp_path / folder / f"{name}_{folder}.py").write_text(source)
         monkeypatch.syspath_prepend(str(tmp_path / folder))
     found, hidden = __import__(f"{name}_found"), __import__(f"{name}_hidden")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "hidden")])  # imported, then gone
     assert g.run(found.rank, timeout_s=SLOW_S) == [0, 1]
     assert g.alive
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "hidden")])
     with pytest.raises(RankFailure, match=rf"(?s)rank 0 of 2 raised.*No module named '{name}_hidden'"):
         g.run(hidden.rank, timeout_s=SLOW_S)
