@@ -4,6 +4,7 @@ Python caller would (GPT-2's roles included), on trace, diagnose and report; the
 
 from __future__ import annotations
 
+import doctest
 import os
 import subprocess
 import sys
@@ -94,6 +95,11 @@ def user_gpt(tmp_path, monkeypatch) -> str:
 ])
 def test_a_role_spec_is_what_init_apply_takes(text, spec):
     assert _roles.role_spec(text) == spec
+
+
+def test_the_modules_examples_hold():
+    result = doctest.testmod(_roles)
+    assert result.attempted >= 4 and result.failed == 0  # role_spec (2), parse_roles, cli_words
 
 
 def test_gpt2s_roles_typed_are_the_zoos_mapping():
