@@ -14,7 +14,7 @@ import torch
 
 from initcore import coord
 from initcore.cli import _factory
-from initcore.cli._common import positive_float, positive_int, print_frame, seed, strategy
+from initcore.cli._common import did_you_mean, positive_float, positive_int, print_frame, seed, strategy
 from initcore.cli._roles import add_roles_option, cli_words, parse_roles
 from initcore.files import atomic_write
 
@@ -39,7 +39,8 @@ def model(text: str) -> str:
     if text in coord.MODELS or _factory.is_reference(text):
         return text
     raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid: {', '.join(coord.MODELS)}, or "
-                                     "package.module:factory, a factory(seed, width) -> (model, inputs) of yours")
+                                     "package.module:factory, a factory(seed, width) -> (model, inputs) of yours"
+                                     f"{did_you_mean(text, coord.MODELS)}")
 
 
 def exception(text: str) -> str:

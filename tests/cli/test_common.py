@@ -50,6 +50,9 @@ CUDA = torch.cuda.is_available()
     (["trace", "--model", "transfomer"], "invalid choice: 'transfomer' (choose from mlp, transformer, "
                                          "torch_mha_transformer, or package.module:factory for a model of your own); "
                                          "did you mean transformer, torch_mha_transformer?"),
+    (["coord", "--model", "transfomer"], "unknown model 'transfomer'; valid: mlp, transformer, or "
+                                         "package.module:factory, a factory(seed, width) -> (model, inputs) of "
+                                         "yours; did you mean transformer?"),
     (["trace", "--init", "normal:-1"], "STD must be a positive finite number"),
     (["trace", "--activation", "swish"], "argument --activation: invalid choice"),
     (["trace", "--model", "cnn"], "argument --model: invalid choice: 'cnn' (choose from mlp, transformer"),
