@@ -518,12 +518,12 @@ def seed_rows(values: dict[str, float], spread=0.01) -> pd.DataFrame:
 
 def test_compare_seed_by_hand():
     rows = seed_rows({"0": 1.0, "1": 2.0, "2": 4.0})
-    # layer 0: 1 + 5e-5 is within EXACT_RTOL = 1e-4 (5e-5 * 1 + 1e-6 allowed 1.01e-4); layer 1: 2.002 is 1e-3 off;
-    # layer 2 equal
-    got = bl.compare_seed(measured(("c", "0", "act_std", 1.00005), ("c", "1", "act_std", 2.002),
+    # layer 0 half EXACT_RTOL off (within), layer 1 twice (moved), layer 2 equal
+    r = bl.EXACT_RTOL
+    got = bl.compare_seed(measured(("c", "0", "act_std", 1 + r / 2), ("c", "1", "act_std", 2 * (1 + 2 * r)),
                                    ("c", "2", "act_std", 4.0)), rows).set_index("layer")
     assert got["moved"].tolist() == [False, True, False]
-    assert got["rel_diff"].tolist() == pytest.approx([5e-5, 1e-3, 0.0])
+    assert got["rel_diff"].tolist() == pytest.approx([r / 2, 2 * r, 0.0])
     assert got["order"].tolist() == [0, 1, 2]
     # a gradient row gets backward_rtol where that is larger (a chaotic network's rounding)
     grad = seed_rows({"0": 1.0}).assign(statistic="grad_norm")

@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 
-from initcore import compare
+from initcore import baselines, compare
 from initcore.compare import PerformanceRegression, ResultsError
 
 
@@ -342,8 +342,8 @@ def _trace(tmp_path, name: str, frame: pd.DataFrame) -> str:
 
 
 def test_two_traces_with_the_same_numbers_exit_0(tmp_path, capsys):
-    # 1e-6 relative is within EXACT_RTOL (1e-4): a thread count's reduction order, not a change
-    after = TRACE.assign(act_std=TRACE["act_std"] * (1 + 1e-6))
+    # a tenth of EXACT_RTOL: a thread count's reduction order, not a change
+    after = TRACE.assign(act_std=TRACE["act_std"] * (1 + baselines.EXACT_RTOL / 10))
     assert compare.main([_trace(tmp_path, "a.csv", TRACE), _trace(tmp_path, "b.csv", after)]) == 0
     assert "same numbers: 9 statistics equal" in capsys.readouterr().out  # 3 rows x 3 statistics, NaN left out
 
@@ -353,7 +353,7 @@ def test_two_traces_that_differ_exit_1_ranked_with_the_first_row_to_move(tmp_pat
     after = TRACE.assign(act_std=[0.5, 0.25 * 1.01, 0.125 * 1.03], grad_norm=[0.0301, 0.02, 0.01])
     assert compare.main([_trace(tmp_path, "a.csv", TRACE), _trace(tmp_path, "b.csv", after)]) == 1
     out = capsys.readouterr().out
-    assert "3 of 9 statistics differ beyond 0.0001 relative" in out
+    assert f"3 of 9 statistics differ beyond {baselines.EXACT_RTOL:g} relative" in out
     lines = [line.split() for line in out.splitlines() if line.startswith("  layers.")]
     assert [(l[0], l[1]) for l in lines] == [("layers.2", "act_std"), ("layers.1", "act_std"),
                                               ("layers.0", "grad_norm")]  # largest relative difference first
