@@ -105,5 +105,54 @@ def resnet18(seed: int, *, batch: int = 4, image_size: int = 32,
     return model, x
 
 
-__all__ = ["GPT2_ROLES", "INSTALL", "SHIMMED_SCHEMAS", "gpt2", "missing", "require", "resnet18",
+def llama(seed: int, *, n_layer: int = 4, hidden: int = 128, n_head: int = 4, n_kv_head: int = 2,
+          intermediate: int = 344, vocab_size: int = 512, batch: int = 4,
+          seq_len: int = 32) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A Hugging Face ``LlamaForCausalLM`` (grouped-query attention, SwiGLU, RMSNorm) with its own init: every
+    Linear and the embedding N(0, initializer_range^2 = 0.02^2), RMSNorm weights 1, the head untied."""
+    transformers = _import("transformers")
+    config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+                                      num_hidden_layers=n_layer, num_attention_heads=n_head,
+                                      num_key_value_heads=n_kv_head, max_position_embeddings=2 * seq_len,
+                                      use_cache=False, bos_token_id=0, eos_token_id=1, pad_token_id=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+        ids = torch.randint(0, vocab_size, (batch, seq_len))
+    return model.eval(), {"input_ids": ids}
+
+
+def bert(seed: int, *, n_layer: int = 4, hidden: int = 128, n_head: int = 4, intermediate: int = 512,
+         vocab_size: int = 512, batch: int = 4, seq_len: int = 32) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A Hugging Face ``BertModel`` (post-norm encoder) with its own init: Linear weights and embeddings
+    N(0, 0.02^2), biases 0, LayerNorm 1 and 0, the padding token's embedding row 0."""
+    transformers = _import("transformers")
+    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=n_layer,
+                                     num_attention_heads=n_head, intermediate_size=intermediate,
+                                     max_position_embeddings=2 * seq_len, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.BertModel._from_config(config, attn_implementation="sdpa")
+        ids = torch.randint(1, vocab_size, (batch, seq_len))
+    return model.eval(), {"input_ids": ids}
+
+
+def vit(seed: int, *, image_size: int = 32, patch_size: int = 8, n_layer: int = 4, n_head: int = 4, hidden: int = 128,
+        mlp_dim: int = 512, num_classes: int = 10, batch: int = 4) -> tuple[nn.Module, torch.Tensor]:
+    """torchvision's ``VisionTransformer`` at a small size with its own init: the patch convolution truncated
+    N(0, 1/fan_in) (cut at +-2 absolute, so in effect untruncated), the position embedding N(0, 0.02^2), the
+    class token 0, MLP weights Xavier uniform with biases N(0, 1e-6^2), nn.MultiheadAttention's own (packed
+    Xavier in_proj, torch's Linear out_proj), the head 0."""
+    models = _import("torchvision").models
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = models.VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=n_layer,
+                                         num_heads=n_head, hidden_dim=hidden, mlp_dim=mlp_dim,
+                                         num_classes=num_classes)
+        x = torch.randn(batch, 3, image_size, image_size)
+    return model, x
+
+
+__all__ = ["GPT2_ROLES", "INSTALL", "SHIMMED_SCHEMAS", "bert", "gpt2", "llama", "missing", "require", "resnet18", "vit",
            "torchvision_extension_loads", "torchvision_ops_shim"]

@@ -51,6 +51,9 @@ class Site:
     fan_in: int
     fan_out: int
     n_layers: int
+    d_model: int | None = None  # the residual width, where the model's config states one (strategies read it)
+    d_ff: int | None = None
+    part: str = ""  # "q", "k" or "v" of an attention projection, where its module names it
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,9 @@ def _formula_rules() -> list[Rule]:
                           "formula"))
     per_layer = _matrix(lambda s: None if s.layout.block is None else
                         1.0 / math.sqrt(2 * s.fan_in * (s.layout.block + 1)))
-    rules.append(Rule("normal(1/sqrt(2 fan_in (l+1)))", lambda s: None if per_layer(s) is None else
+    rules.append(Rule("normal(1/sqrt(2*fan_in*(l+1)))", lambda s: None if per_layer(s) is None else
                       T.normal(per_layer(s)), "formula", True))
-    rules.append(Rule("trunc_normal(1/sqrt(2 fan_in (l+1)), 3σ)", lambda s: None if per_layer(s) is None else
+    rules.append(Rule("trunc_normal(1/sqrt(2*fan_in*(l+1)), 3σ)", lambda s: None if per_layer(s) is None else
                       T.trunc_normal(per_layer(s), 3.0), "formula", True))
     return rules
 
@@ -168,7 +171,7 @@ def _strategy_target(name: str) -> Callable[[Site], Target | None]:
             return None
         try:
             return strategies.promise(name, lay.role, max(s.fan_in, 1), max(s.fan_out, 1), n_layers=s.n_layers,
-                                      block=lay.block, chunks=lay.chunks)
+                                      block=lay.block, chunks=lay.chunks, d_model=s.d_model, d_ff=s.d_ff, part=s.part)
         except (ValueError, KeyError, TypeError, ZeroDivisionError):  # options it needs, a role it refuses
             return None
     return target
@@ -262,7 +265,7 @@ def parse(text: str) -> Rule:
         formula = _expected_formula(text, {}, "fan_in") if text in _RULE_ARGS else None
         return Rule(text, _expected_strategy(text, formula), "expected", True)
     try:
-        tree = ast.parse(_IMPLICIT_PRODUCT.sub(r"\1*", text), mode="eval").body
+        tree = ast.parse(_IMPLICIT_PRODUCT.sub(r"\1*", text.replace("σ", "")), mode="eval").body
     except SyntaxError:
         raise ValueError(f"rule {text!r} does not parse; valid: {_valid()}") from None
     if isinstance(tree, ast.Name):
@@ -276,6 +279,7 @@ def parse(text: str) -> Rule:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(f"rule {text!r}: unknown rule {name!r}{hint}; valid: {_valid()}")
     names = _RULE_ARGS[name]
+    args, kwargs = _named_gains_and_modes(args, kwargs)
     if len(args) > len(names) or set(kwargs) - set(names) or None in kwargs:
         raise ValueError(f"rule {text!r}: {name} takes {', '.join(names) or 'no arguments'}")
     given = dict(zip(names, args, strict=False)) | kwargs
@@ -289,6 +293,26 @@ def parse(text: str) -> Rule:
     if name in ("normal", "uniform", "constant", "trunc_normal") and not ({"std", "bound", "value"} & set(nums)):
         raise ValueError(f"rule {text!r}: {name} needs its {names[0]}, e.g. {name}(0.02)")
     return Rule(text, _expected_formula(name, nums, mode), "expected", True)
+
+
+def _named_gains_and_modes(args: list[ast.AST], kwargs: dict[str, ast.AST]) -> tuple[list, dict]:
+    """The catalogue's own spellings, so that a rule the audit names can be expected as it is printed: a mode
+    named bare (``kaiming_normal(fan_out)``), a gain by its nonlinearity (``xavier_uniform(relu)``,
+    ``kaiming_uniform(a=sqrt(5))``: torch's leaky_relu gain sqrt(2/(1+a^2)))."""
+    rest = []
+    for node in args:
+        if isinstance(node, ast.Name) and node.id in ("fan_in", "fan_out") and "mode" not in kwargs:
+            kwargs = {**kwargs, "mode": ast.Constant(node.id)}
+        elif isinstance(node, ast.Name) and node.id in GAINS and "gain" not in kwargs:
+            kwargs = {**kwargs, "gain": ast.Constant(GAINS[node.id])}
+        else:
+            rest.append(node)
+    if "a" in kwargs and "gain" not in kwargs:
+        a = kwargs.pop("a")
+        kwargs = {**kwargs, "gain": ast.BinOp(ast.Constant(2.0), ast.Div(), ast.BinOp(
+            ast.Constant(1.0), ast.Add(), ast.BinOp(a, ast.Pow(), ast.Constant(2.0))))}
+        kwargs["gain"] = ast.Call(ast.Name("sqrt"), [kwargs["gain"]], [])
+    return rest, kwargs
 
 
 def _expected_formula(name: str, nums: dict[str, Callable[[Site], float]],
@@ -340,7 +364,7 @@ def _expected_strategy(name: str, formula: Callable[[Site], Target | None] | Non
                 return formula(s)
             return None  # no role, no promise: the audit says the expectation could not be read for it
         return strategies.promise(name, lay.role, max(s.fan_in, 1), max(s.fan_out, 1), n_layers=s.n_layers,
-                                  block=lay.block, chunks=lay.chunks)
+                                  block=lay.block, chunks=lay.chunks, d_model=s.d_model, d_ff=s.d_ff, part=s.part)
     return target
 
 

@@ -67,7 +67,12 @@ def kolmogorov_sf(lam: float) -> float:
     """P(sqrt(m) D > lam) for large m: 2 sum (-1)^(k-1) exp(-2 k^2 lam^2) (Kolmogorov, 1933)."""
     if lam < 0.2:
         return 1.0
-    total = sum((-1) ** (k - 1) * math.exp(-2.0 * k * k * lam * lam) for k in range(1, 101))
+    total = 0.0
+    for k in range(1, 101):
+        term = math.exp(-2.0 * k * k * lam * lam)
+        total += term if k % 2 else -term
+        if term < 1e-17:
+            break
     return float(min(1.0, max(0.0, 2.0 * total)))
 
 

@@ -47,6 +47,7 @@ class Layout:
     weight_fan_in: int  # a bias's: its module's weight's fan_in (torch's default bias bound); else fan_in
     hidden_size: int  # an RNN's hidden size (torch's default bound for all its parameters); else 0
     storage: int  # data_ptr, to tell equal from tied
+    parts: tuple[str, ...] = ()  # the q/k/v its role names ("v" for a separate value projection; q, k, v packed)
 
     @property
     def name(self) -> str:
@@ -123,7 +124,7 @@ def layouts(model: nn.Module,
                            stored_out, chunks, transposed, r.role if r is not None else None,
                            bool(r is not None and r.inferred), block, weight_fan_in,
                            int(getattr(module, "hidden_size", 0)) if isinstance(module, nn.RNNBase) else 0,
-                           p.data_ptr()), p))
+                           p.data_ptr(), r.parts if r is not None else ()), p))
     return out
 
 

@@ -28,16 +28,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                           "uniform, orthogonal, constant), name the rule of init it matches, and "
                                           "flag uninitialized, packed, transposed, equal-but-untied parameters and "
                                           "modules left at torch's default among peers. Exit 1 on any flag.")
-    add_model_options(p)
+    add_model_options(p, roles=True)
     a = p.add_argument_group("audit")
     a.add_argument("--expect", default=None, metavar="RULE|PATTERN=RULE;...",
                    help="what the init should be: a strategy (see `initcore list`; read by each parameter's role) or "
                         "a rule such as 'normal(0.02)', 'normal(0.02/sqrt(2L))', 'xavier_uniform', 'ones', "
                         "'torch_default'; or PATTERN=RULE pairs separated by ';' (fnmatch names). Default: --init "
                         "when given")
-    a.add_argument("--roles", default=None, metavar="PATTERN=ROLE,...",
-                   help="roles of parameters no module declares (for --expect STRATEGY and --init), e.g. "
-                        "'*.c_attn.weight=qkv:q,k,v:transposed,*.c_proj.weight=attn_out'")
     a.add_argument("--meta", action="store_true",
                    help="build the model on the meta device, to_empty, fill it with NaN, then run its own init "
                         "(init_weights(), reset_parameters() or apply(_init_weights)): the large-model recipe")
