@@ -136,6 +136,8 @@ def _figure(frame, title: str, verdicts) -> bytes:
 
 def _run_of(args: argparse.Namespace) -> coord.CoordRun:
     if _factory.is_reference(args.model):
+        if args.roles is not None and args.init is None:
+            raise ValueError("--roles goes with --init: without it the factory's own init runs, and no roles are read")
         factory = _factory.resolve(args.model)
         return coord.CoordRun(factory, args.init, args.optimizer, args.widths, args.steps, args.lr, args.base_width,
                               exceptions=tuple(args.allow), roles=tuple((parse_roles(args.roles) or {}).items()))

@@ -167,6 +167,7 @@ def test_a_user_model_passes_under_mup_and_fails_with_its_own_init(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["--model", "gpt:make", "--roles", "q.weight=qkv"], "--roles goes with --init"),
     (["--model", "gpt:nope"], "--model gpt:nope: gpt has no attribute 'nope'; its callables: TinyGPT, broken, make"),
     (["--model", "gpt:broken"], "--model gpt:broken: RuntimeError: config has no attribute n_embd (in factory(seed, "
                                 "width) or the model's forward/backward at --widths 32,64)"),
