@@ -428,7 +428,7 @@ def pooled_tests(measured: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame
 MEASURED_RTOL = 4.9e-9
 EXACT_RTOL = 1e-6
 EXACT_ATOL = 1e-9
-SEED_COLUMNS = ["config", "layer", "statistic", "stored", "measured", "rel_diff", "moved", "order"]
+SEED_COLUMNS = ["config", "layer", "statistic", "stored", "measured", "rel_diff", "shift", "moved", "order"]
 
 
 @dataclass(frozen=True)
@@ -524,15 +524,18 @@ def parameters_differ(record: SeedRecord, params: Sequence[tuple[str, str]], inp
 def compare_seed(measured: pd.DataFrame, rows: pd.DataFrame, rtol: float = EXACT_RTOL,
                  atol: float = EXACT_ATOL, backward_rtol: float | None = None) -> pd.DataFrame:
     """Each measured row against its stored seed value: stored, measured, rel_diff (|measured - stored| /
-    |stored|), moved (beyond ``rtol`` * |stored| + ``atol``; ``backward_rtol`` for gradient statistics), and
+    |stored|), shift (measured - stored in seed spreads, in the row's scale: how large the change is against
+    seed noise), moved (beyond ``rtol`` * |stored| + ``atol``; ``backward_rtol`` for gradient statistics), and
     ``order``, the row's place in ``measured`` (the model's order, as ``measure.tidy`` gives it). Rows
     without a stored value are left out."""
     measured = _strings(_require(measured, [*KEY, "value"], "measured")).astype({"value": float})
     measured = measured.assign(order=np.arange(len(measured)))
     stored = rows if "value" in rows else rows.assign(value=math.nan)
-    stored = _strings(stored[[*KEY, "value"]]).astype({"value": float}).rename(columns={"value": "stored"})
+    stored = _strings(stored[[*KEY, "value", "spread", "scale"]]).astype({"value": float, "spread": float})
+    stored = stored.rename(columns={"value": "stored"})
     m = measured.merge(stored[stored["stored"].notna()], on=KEY, how="inner")
     x, s = m["value"].to_numpy(float), m["stored"].to_numpy(float)
+    shift = _z(m.assign(mean=np.where(m["scale"] == "log", np.log(np.where(s > 0, s, np.nan)), s)))
     backward = np.array(["grad" in name for name in m["statistic"]], dtype=bool)
     relative = np.where(backward, rtol if backward_rtol is None else max(rtol, backward_rtol), rtol)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -541,8 +544,8 @@ def compare_seed(measured: pd.DataFrame, rows: pd.DataFrame, rtol: float = EXACT
         close = diff <= relative * np.abs(s) + atol
     same = (np.isnan(x) & np.isnan(s)) | (x == s)
     return pd.DataFrame({"config": m["config"], "layer": m["layer"], "statistic": m["statistic"], "stored": s,
-                         "measured": x, "rel_diff": rel, "moved": ~(close | same), "order": m["order"]},
-                        columns=SEED_COLUMNS)
+                         "measured": x, "rel_diff": rel, "shift": shift, "moved": ~(close | same),
+                         "order": m["order"]}, columns=SEED_COLUMNS)
 
 
 class SeedMismatch(BaselineMismatch):
@@ -564,7 +567,7 @@ class SeedMismatch(BaselineMismatch):
                  f"environment, same parameters and inputs: the code computes something else):"]
         for config, group in rows.head(MAX_REPORTED_ROWS).groupby("config", sort=False):
             lines.append(_fit(f"config {config}"))
-            lines += _indented(group[["layer", "statistic", "stored", "measured", "rel_diff", "z", "band"]],
+            lines += _indented(group[["layer", "statistic", "stored", "measured", "rel_diff", "shift", "band"]],
                                "{:.6g}")
         if len(rows) > MAX_REPORTED_ROWS:
             lines.append(f"… {len(rows) - MAX_REPORTED_ROWS} more")
@@ -573,8 +576,8 @@ class SeedMismatch(BaselineMismatch):
         lines.append(_fit(f"first to move in the model's order: {first['layer']} {first['statistic']} "
                           f"(rel_diff {first['rel_diff']:.3g}): the edit is there or just before it"))
         inside = int((rows["band"] == "within band").sum())
-        lines.append(f"z is the change in seed spreads: {inside} of {len(rows)} rows moved less than the seed-to-seed "
-                     f"noise, which the bands alone would not see")
+        lines.append(f"shift is the change in seed spreads: {inside} of {len(rows)} rows are still within their band "
+                     f"(moved less than seed-to-seed noise allows), which the bands alone would not see")
         if note:
             lines.append(note)
         lines.append(f"If the change is intended, run `{command}` and review the diff of baselines/.")

@@ -561,7 +561,9 @@ def test_seed_mismatch_ranks_by_relative_difference_with_the_band_verdict():
     assert info.value.rows["layer"].tolist() == ["2", "1"]  # 50% before 0.5%
     assert info.value.rows["band"].tolist() == ["outside band", "within band"]  # 0.5% is 0.5 spreads
     assert "first to move in the model's order: 1 act_std" in text
-    assert "1 of 2 rows moved less than the seed-to-seed noise" in text
+    assert "1 of 2 rows are still within their band" in text
+    # the change in seed spreads, in log space: log(2.01 / 2) / 0.01 = 0.499
+    assert info.value.rows["shift"].tolist() == pytest.approx([math.log(1.5) / 0.01, math.log(2.01 / 2) / 0.01])
     assert "run `pytest test_x.py --update-baselines`" in text
 
 
