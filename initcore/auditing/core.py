@@ -330,10 +330,15 @@ def _matched(row: _Row) -> set[str]:
 
 def _flag_peers(rows: list[_Row]) -> None:
     """Left at torch's default while at least two thirds of the (three or more) other parameters of its module
-    type and attribute (``Linear.weight``) follow other rules: a module the model's own init never reached."""
+    type and attribute (``Linear.weight``; in the repeated blocks, where the model has them) follow other rules:
+    a module the model's own init never reached."""
     peers: dict[tuple[str, str], list[_Row]] = {}
+    in_blocks = any(row.layout.block is not None for row in rows)
     for row in rows:
-        peers.setdefault((row.layout.module, row.layout.attr), []).append(row)
+        # In a model of repeated blocks, a stem or a head left at torch's default is a choice many models make
+        # (torchvision's ResNet keeps its fc so): the peers are the blocks' parameters.
+        if row.layout.block is not None or not in_blocks:
+            peers.setdefault((row.layout.module, row.layout.attr), []).append(row)
     for (module, attr), members in peers.items():
         if len(members) < 3:
             continue

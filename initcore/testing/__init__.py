@@ -3,12 +3,13 @@
 In a suite of your own (see the README, "Check your own model"): ``pytest_plugins =
 ["initcore.testing.plugin"]`` in the root conftest.py gives the fixtures ``trace_run`` and ``baseline`` and
 the options ``--device``, ``--seed``, ``--update-baselines``, ``--baselines-dir``; ``Case`` names your model
-and its factory, ``assert_healthy`` fails a test on any symptom of ``initcore.diagnose``.
+and its factory, ``assert_healthy`` fails a test on any symptom of ``initcore.diagnose``, ``assert_init`` on any
+parameter whose init is not the intended one (``initcore.audit``).
 """
 
 from __future__ import annotations
 
-__all__ = ["Case", "assert_healthy"]
+__all__ = ["Case", "assert_healthy", "assert_init"]
 
 
 def __getattr__(name: str):  # lazily: loading the plugin must not import torch models, pandas or the probe
@@ -16,8 +17,8 @@ def __getattr__(name: str):  # lazily: loading the plugin must not import torch 
         from initcore.experiments import Case
 
         return Case
-    if name == "assert_healthy":
-        from initcore.testing.asserts import assert_healthy
+    if name in ("assert_healthy", "assert_init"):
+        from initcore.testing import asserts
 
-        return assert_healthy
+        return getattr(asserts, name)
     raise AttributeError(f"module 'initcore.testing' has no attribute {name!r}")

@@ -34,4 +34,33 @@ def assert_healthy(frame: pd.DataFrame, *, allow: Iterable[str] = ()) -> None:
                     f"{diagnose.format_findings(findings.reset_index(drop=True))}", pytrace=False)
 
 
-__all__ = ["assert_healthy"]
+def assert_init(model, expect=None, *, roles=None, allow: Iterable[str] = (), seed: int = 0) -> pd.DataFrame:
+    """Fail the test, with the audit's grouped table of what differs, if any parameter of ``model`` is not
+    initialized as ``expect`` says or raises any flag of ``initcore.audit`` (uninitialized, untied, left at
+    torch's default among its peers, packed, transposed, equal but untied, a group member that differs);
+    return the audit frame.
+
+    Args:
+        model: any ``nn.Module``, as its factory built and initialized it.
+        expect: a strategy (read by each parameter's role, see ``roles``), a rule (``"normal(0.02)"``), or a
+            mapping from name pattern to rule (``{"*.c_proj.weight": "normal(0.02/sqrt(2L))", "*": ...}``);
+            None: the flags alone.
+        roles: name pattern -> role, for ``expect`` strategies on parameters no module declares.
+        allow: flags that are expected here (``auditing.FLAGS``).
+    """
+    from initcore import auditing
+
+    allow = set(allow)
+    unknown = sorted(allow - set(auditing.FLAGS))
+    if unknown:
+        raise ValueError(f"unknown flags {unknown}; valid: {', '.join(auditing.FLAGS)}")
+    frame = auditing.audit(model, expect=expect, roles=roles, seed=seed)
+    flags = frame["flags"].map(lambda text: {f for f in text.split(", ") if f} - allow)
+    bad = frame[flags.map(bool)]
+    if len(bad):
+        pytest.fail(f"init not as intended: {len(bad)} of {len(frame)} parameters\n"
+                    f"{auditing.format_table(auditing.grouped(bad))}", pytrace=False)
+    return frame
+
+
+__all__ = ["assert_healthy", "assert_init"]
