@@ -3,16 +3,23 @@
 A model whose modules declare ``MEASURE`` (``initcore.models.points``) is measured as declared. Any
 other model is measured by a selection:
 
-- ``"default"``: every module that owns parameters itself (Linear, Conv, norms, Embedding, ...) and
-  every activation module (``ACTIVATION_TYPES``), whose input is then its pre-activation;
-- ``"blocks"``: the repeated children of each ``nn.ModuleList`` / ``nn.Sequential`` (children whose
-  type occurs at least twice there; nothing inside a block already chosen): the residual-stream view;
+- ``"default"``: every module that owns parameters itself (Linear, Conv, norms, Embedding, ...; a
+  parametrized weight's, ``weight_norm``'s or ``orthogonal``'s, counts as its module's own), every
+  activation module (``is_activation``: torch's ``ACTIVATION_TYPES``, and other libraries' by the
+  declared ``ACTIVATION_LIBRARIES`` or a class name ending in "Activation"), whose input is then its
+  pre-activation, and the residual stream: the output of each block (``"blocks"``), when there are any;
+- ``"blocks"``: the repeated blocks of ``initcore.models.structure.blocks`` (children of an
+  ``nn.ModuleList`` / ``nn.Sequential`` whose type occurs at least twice there and which have children
+  themselves; nothing inside a block already chosen): the residual-stream view. A flat
+  ``nn.Sequential(Linear, ReLU, ...)`` has none, and ``"blocks"`` on it raises ValueError;
 - a module type or a tuple of types; a name pattern (``fnmatch``: ``"h.*.mlp"``); a list of patterns
   or names; or a callable ``(name, module) -> bool``.
 
 ``select=None`` takes the declarations if there are any, else ``"default"``; ``"declared"`` insists on
 them. Each row measures the output of its module (the first floating tensor of a tuple, list, dict or
-dataclass output), and the gradients of every parameter under it.
+dataclass output), and the gradients of every parameter under it. A row's ``layer`` is the index of
+the block it lies in (counting every block of the model in order), else the first integer of its name.
+Attention statistics are rows of their own (``initcore.probe.tracing``: ``<module>:sdpa``).
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign, nn.Tanhshrink,
     nn.LogSigmoid, nn.Threshold, nn.GLU,
 )
+# Modules where other libraries define their activation modules (Hugging Face's NewGELUActivation,
+# GELUTanh, SiLUActivation, ...; timm's GELU, Swish, ...): a class defined in one of them is an activation.
+ACTIVATION_LIBRARIES = ("transformers.activations", "timm.layers.activations", "timm.layers.activations_me",
+                        "timm.models.layers.activations", "diffusers.models.activations")
 BOUNDED_TYPES: tuple[type[nn.Module], ...] = (nn.Tanh, nn.Sigmoid)  # saturated_frac (|a| > 0.9) applies
 SELECTIONS = ("declared", "default", "blocks")
 
@@ -117,24 +128,59 @@ def _all_params(module: nn.Module) -> tuple[nn.Parameter, ...]:
     return tuple(module.parameters())
 
 
-def _generic(model: nn.Module, name: str, module: nn.Module, kind: str | None = None) -> Point:
-    activation = isinstance(module, ACTIVATION_TYPES)
-    return Point(name, kind or type(module).__name__.lower(), _layer(name), module, name, _all_params(module),
-                 preact="input" if activation else None, bounded=isinstance(module, BOUNDED_TYPES))
+def is_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is an activation: one of torch's ``ACTIVATION_TYPES``, a class defined in one of
+    ``ACTIVATION_LIBRARIES``, or a leaf module whose class name ends in "Activation" (the convention of
+    Hugging Face and others). A declared list and a naming convention, not torch.nn membership alone."""
+    if isinstance(module, ACTIVATION_TYPES):
+        return True
+    cls = type(module)
+    if cls.__module__ in ACTIVATION_LIBRARIES:
+        return True
+    return cls.__name__.endswith("Activation") and next(module.children(), None) is None
+
+
+def block_indices(model: nn.Module) -> dict[str, int]:
+    """Block name -> its index among all the model's blocks (``structure.blocks``), in module order."""
+    return {name: i for i, (name, _) in enumerate(structure.blocks(model))}
+
+
+def layer_of(name: str, blocks: dict[str, int]) -> int:
+    """A row's ``layer``: the index of the innermost block ``name`` lies in, else its first integer, else -1."""
+    return _layer(name, blocks)
+
+
+def _generic(model: nn.Module, name: str, module: nn.Module, kind: str | None = None,
+             blocks: dict[str, int] | None = None) -> Point:
+    activation = is_activation(module)
+    return Point(name, kind or type(module).__name__.lower(), _layer(name, blocks), module, name,
+                 _all_params(module), preact="input" if activation else None,
+                 bounded=isinstance(module, BOUNDED_TYPES))
 
 
 def _default(model: nn.Module) -> list[Point]:
     alone = len(list(model.modules())) == 1  # a bare Linear is its own row; a model's root otherwise is not
-    found = []
+    blocks = block_indices(model)
+    found, inner = [], []  # inner: the parametrizations of parametrized modules, whose weights are theirs
     for name, m in model.named_modules():
-        owns = next(m.parameters(recurse=False), None) is not None
-        if (owns and (name or alone)) or isinstance(m, ACTIVATION_TYPES):
-            found.append(_generic(model, name, m))
+        if any(name == p or name.startswith(p + ".") for p in inner):
+            continue
+        if name in blocks:
+            found.append(_generic(model, name, m, kind="block", blocks=blocks))
+            continue
+        parametrized = isinstance(getattr(m, "parametrizations", None), nn.ModuleDict)  # torch's parametrize
+        if parametrized:
+            inner.append(_join(name, "parametrizations"))
+        owns = parametrized or next(m.parameters(recurse=False), None) is not None
+        if (owns and (name or alone)) or is_activation(m):
+            found.append(_generic(model, name, m, blocks=blocks))
     return found
 
 
 def _blocks(model: nn.Module) -> list[Point]:
-    return [_generic(model, name, m, kind="block") for name, m in structure.blocks(model)]
+    found = structure.blocks(model)
+    blocks = {name: i for i, (name, _) in enumerate(found)}
+    return [_generic(model, name, m, kind="block", blocks=blocks) for name, m in found]
 
 
 def _plain(module: nn.Module, name: str):
@@ -208,4 +254,5 @@ def first_tensor(output, key: int | str | None = None, what: str = "output"):
     return None
 
 
-__all__ = ["ACTIVATION_TYPES", "BOUNDED_TYPES", "SELECTIONS", "Point", "first_tensor", "points"]
+__all__ = ["ACTIVATION_LIBRARIES", "ACTIVATION_TYPES", "BOUNDED_TYPES", "SELECTIONS", "Point", "block_indices",
+           "first_tensor", "is_activation", "layer_of", "points"]

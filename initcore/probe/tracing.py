@@ -5,9 +5,11 @@ Hooks reduce what they see at once (``initcore.probe.reduce``); no activation is
 A module called more than once in a pass gives a row per call: the first is named after the module, the
 k-th (k >= 1, counting from 0) ``name#k``; its parameters' gradients, which accumulate over the calls,
 are on the first row. Attention statistics come from ``scaled_dot_product_attention`` calls
-(``initcore.probe.attention``): they join the row of the innermost point declared ``attention`` that
-made the call, or the row of the calling module itself when it is selected; otherwise they get a row
-of their own, named after the calling module, of kind "attn". A model that declares its rows itself
+(``initcore.probe.attention``): they join the row of the innermost point declared ``attention``
+(``Measure(attention=True)``: initcore's ``blocks.i.attn``) that made the call; otherwise each call gets
+a row of its own, of kind "attn", named ``<module>:sdpa`` after the module whose forward made it
+(``h.0.attn:sdpa``; a second call in one pass ``h.0.attn:sdpa#1``), beside that module's own row
+when it is selected: no name stands for two things. A model that declares its rows itself
 (``MEASURE`` on the model) and none of them ``attention`` (initcore's MLP) makes no call to watch: its
 pass runs without the watch. A model that only contains such a model is watched as any other.
 """
@@ -26,7 +28,7 @@ from torch import nn
 
 from initcore.probe import attention as attn
 from initcore.probe import reduce
-from initcore.probe.select import Point, Selection, _plain, first_tensor, points
+from initcore.probe.select import Point, Selection, _plain, block_indices, first_tensor, layer_of, points
 
 ID_COLUMNS = ("module", "kind", "layer")
 STATISTICS: dict[str, str] = {
@@ -52,6 +54,7 @@ STATISTICS: dict[str, str] = {
     "act_change_rms": "rms of (output - the reference's output for the row), with trace(..., reference=...)",
 }
 COLUMNS = (*ID_COLUMNS, *STATISTICS)
+SDPA_SUFFIX = ":sdpa"  # an attention row's name: the calling module's, and this
 LOSSES = ("mean", "square", "random")
 # Named selections of statistics. "lean" is the cheapest useful trace: each output's mean, std and rms
 # (one sum and one sum of squares) and no gradient statistic, with the backward pass still run; it is
@@ -216,7 +219,8 @@ class _Recorder:
 
         return module.register_forward_hook(on_output)
 
-    def attention(self, owner_of: Callable[[nn.Module | None], Point | None], names: dict[int, str]):
+    def attention(self, owner_of: Callable[[nn.Module | None], Point | None], names: dict[int, str],
+                  layer_of: Callable[[str], int]):
         sink = self.sink
 
         def on_call(module: nn.Module | None, att: torch.Tensor) -> None:
@@ -227,7 +231,8 @@ class _Recorder:
                 self.current(id(point), point, point.name, point.kind, point.layer).raws.append(raw)
                 return
             name = names.get(id(module), "") if module is not None else ""
-            target = self.current(id(module), None, name or "(model)", "attn", _first_int(name))
+            # keyed by the module, a selected point's row by the point: the two rows stay apart
+            target = self.current(id(module), None, f"{name or '(model)'}{SDPA_SUFFIX}", "attn", layer_of(name))
             target.raws.append(raw)
             target.pending = False
 
@@ -235,10 +240,6 @@ class _Recorder:
 
 
 _SAME = reduce.Raw(lambda v: {}, slice(0, 0))  # a row whose pre-activation is its output: _to_frame copies it
-
-
-def _first_int(name: str) -> int:
-    return next((int(part) for part in name.split(".") if part.isdigit()), -1)
 
 
 def _call(model: nn.Module, inputs):
@@ -333,7 +334,8 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
         model.zero_grad(set_to_none=True)
         # the model itself declares its rows and none is attention: it makes no call to watch
         unwatched = bool(_plain(model, "MEASURE")) and all(p.declared and not p.attention for p in chosen)
-        watch = attn.SDPAWatch(set(names), recorder.attention(_attention_owner(chosen, names), names)) \
+        watch = attn.SDPAWatch(set(names), recorder.attention(_attention_owner(chosen, names), names,
+                                                              _lazy_layers(model))) \
             if wants.attention and not unwatched else None
         with torch.set_grad_enabled(loss_fn is not None and torch.is_grad_enabled()):
             if watch is not None:
@@ -361,20 +363,30 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
 
 
 def _attention_owner(chosen: list[Point], names: dict[int, str]) -> Callable[[nn.Module | None], Point | None]:
-    """module making an SDPA call -> the point whose row takes its statistics (see the module docstring)."""
+    """module making an SDPA call -> the declared point whose row takes its statistics, or None: a row of
+    its own (see the module docstring)."""
     declared = [(p.module_name, p) for p in chosen if p.attention]
-    selected = {id(p.module): p for p in chosen}
 
     def owner(module: nn.Module | None) -> Point | None:
-        if module is None:
+        if module is None or not declared:
             return None
-        if id(module) in selected:
-            return selected[id(module)]
         name = names.get(id(module), "")
         inside = [(len(n), p) for n, p in declared if name == n or name.startswith(n + ".") or not n]
         return max(inside, key=lambda t: t[0])[1] if inside else None
 
     return owner
+
+
+def _lazy_layers(model: nn.Module) -> Callable[[str], int]:
+    """name -> layer (``select.layer_of``), the model's blocks found at the first attention row that needs them."""
+    found: list[dict[str, int]] = []
+
+    def layer(name: str) -> int:
+        if not found:
+            found.append(block_indices(model))
+        return layer_of(name, found[0])
+
+    return layer
 
 
 def _buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -434,4 +446,5 @@ def _grads(point: Point, moments: dict) -> dict[str, float]:
     return reduce.merge_grads([moments[id(p)] for p in point.params if id(p) in moments])
 
 
-__all__ = ["COLUMNS", "ID_COLUMNS", "LOSSES", "PRESETS", "STATISTICS", "Outputs", "statistics_of", "trace"]
+__all__ = ["COLUMNS", "ID_COLUMNS", "LOSSES", "PRESETS", "SDPA_SUFFIX", "STATISTICS", "Outputs", "statistics_of",
+           "trace"]

@@ -335,7 +335,7 @@ def test_a_nanogpt_style_model_gets_blocks_and_attention_rows():
     torch.manual_seed(0)
     model, idx = NanoGPT(), torch.randint(0, 50, (3, 9))
     frame = probe.trace(model, idx, loss="random", select="blocks")
-    assert frame.module.tolist() == ["h.0.attn", "h.0", "h.1.attn", "h.1", "h.2.attn", "h.2"]
+    assert frame.module.tolist() == ["h.0.attn:sdpa", "h.0", "h.1.attn:sdpa", "h.1", "h.2.attn:sdpa", "h.2"]
     assert frame.kind.tolist() == ["attn", "block"] * 3 and frame.layer.tolist() == [0, 0, 1, 1, 2, 2]
     with torch.no_grad():
         x = model.wte(idx)
@@ -343,19 +343,25 @@ def test_a_nanogpt_style_model_gets_blocks_and_attention_rows():
             q, k, _ = block.attn.split(block.ln_1(x))
             att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
             att = att.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
-            row = frame.set_index("module").loc[f"h.{i}.attn"]
+            row = frame.set_index("module").loc[f"h.{i}.attn:sdpa"]
             for name, value in _manual_attention(att).items():
                 _close(row[name], value, rtol=1e-5, atol=1e-6)
             x = block(x)
             _close(frame.set_index("module").loc[f"h.{i}"].act_std, x.std())
 
 
-def test_attention_joins_the_row_of_a_selected_attention_module():
+def test_a_selected_attention_module_keeps_its_own_row_beside_its_attention_row():
+    # The attention statistics once took the selected module's row (and, unselected, its name): act_std
+    # of h.0.attn read what the hooks see, or NaN where only the attention row carried the name.
     torch.manual_seed(0)
     model, idx = NanoGPT(), torch.randint(0, 50, (3, 9))
     frame = probe.trace(model, idx, loss="random", select="h.*.attn")
-    assert frame.module.tolist() == ["h.0.attn", "h.1.attn", "h.2.attn"]
-    assert frame[["act_std", "logit_std", "grad_norm"]].notna().all().all()
+    assert frame.module.tolist() == [f"h.{i}.{r}" for i in range(3) for r in ("attn:sdpa", "attn")]
+    own, attention = frame[frame.kind != "attn"], frame[frame.kind == "attn"]
+    assert own[["act_std", "grad_norm"]].notna().all().all() and own.logit_std.isna().all()
+    assert attention.logit_std.notna().all() and attention[["act_std", "grad_norm"]].isna().all().all()
+    outs, _ = _outputs_and_grads(model, idx, ["h.0.attn"], loss=lambda out: out.mean())
+    _close(own.act_std.iloc[0], outs["h.0.attn"].std())
 
 
 def test_nn_transformer_encoder_layer_is_traced_with_its_attention():
@@ -364,7 +370,7 @@ def test_nn_transformer_encoder_layer_is_traced_with_its_attention():
                                   enable_nested_tensor=False)
     x = torch.randn(3, 7, 16)
     frame = probe.trace(model, x, loss="random", select="blocks")
-    assert frame.module.tolist() == ["layers.0.self_attn", "layers.0", "layers.1.self_attn", "layers.1"]
+    assert frame.module.tolist() == ["layers.0.self_attn:sdpa", "layers.0", "layers.1.self_attn:sdpa", "layers.1"]
     layer = model.layers[0]
     with torch.no_grad():
         q, k, _ = F.linear(x, layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, -1)
@@ -515,7 +521,7 @@ def test_a_model_containing_a_declared_model_is_still_watched():
     torch.manual_seed(0)
     frame = probe.trace(_WithDeclaredPart(), torch.randn(2, 10, 32), loss="random")
     attn = frame[frame.kind == "attn"]
-    assert attn.module.tolist() == ["enc.layers.0.self_attn", "enc.layers.1.self_attn"]
+    assert attn.module.tolist() == ["enc.layers.0.self_attn:sdpa", "enc.layers.1.self_attn:sdpa"]
     assert attn.logit_std.notna().all() and "head.layers.1" in frame.module.tolist()
 
 

@@ -81,3 +81,49 @@ def test_bad_declarations_are_named():
 def test_a_bare_module_is_its_own_row():
     assert _names(points(nn.Linear(3, 3))) == [""]
     assert points(nn.Linear(3, 3))[0].params[0].shape == torch.Size([3, 3])
+
+
+class _Residual(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(width), nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + self.fc(torch.tanh(self.norm(x)))
+
+
+def test_default_adds_the_residual_stream_after_each_block():
+    model = nn.Sequential(nn.Linear(4, 8), *(_Residual(8) for _ in range(3)), nn.Linear(8, 2))
+    found = points(model)
+    assert _names(found) == ["0", "1", "1.norm", "1.fc", "2", "2.norm", "2.fc", "3", "3.norm", "3.fc", "4"]
+    assert [p.name for p in found if p.kind == "block"] == ["1", "2", "3"]
+    # a row's layer is the index of the block it lies in; outside every block, the first integer of its name
+    assert [p.layer for p in found] == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 4]
+    assert _names(points(model, "blocks")) == ["1", "2", "3"]
+
+
+def test_blocks_leave_a_flat_sequential_of_layers_alone():
+    # Linear, ReLU, Linear, ... are each repeated children of the Sequential, but layers, not blocks.
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert "block" not in {p.kind for p in points(model)}
+    with pytest.raises(ValueError, match=r"has no module matching select='blocks'; its modules: \(root\)"):
+        points(model, "blocks")
+
+
+class SquaredReLUActivation(nn.Module):
+    """Another library's activation module: a leaf named by the "...Activation" convention."""
+
+    def forward(self, x):
+        return torch.relu(x).square()
+
+
+class _Scale(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+def test_other_libraries_activation_modules_are_rows():
+    model = nn.Sequential(nn.Linear(4, 8), SquaredReLUActivation(), _Scale(), nn.Linear(8, 2))
+    found = {p.name: p for p in points(model)}
+    assert list(found) == ["0", "1", "3"]  # a parameter-free module that is no activation is not a row
+    assert found["1"].kind == "squaredreluactivation" and found["1"].preact == "input"
