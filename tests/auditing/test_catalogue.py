@@ -18,7 +18,8 @@ def _site(module: nn.Module, attr: str = "weight", n_layers: int = 4) -> C.Site:
     return C.Site(lay, lay.fan_in, lay.fan_out, n_layers)
 
 
-@pytest.mark.parametrize("make", [lambda: nn.Linear(48, 80), lambda: nn.Conv2d(8, 16, 3), lambda: nn.Embedding(300, 24)])
+@pytest.mark.parametrize("make", [lambda: nn.Linear(48, 80), lambda: nn.Conv2d(8, 16, 3),
+                                  lambda: nn.Embedding(300, 24)])
 def test_every_rule_the_audit_names_parses_back_to_the_same_target(make):
     """A name printed by the audit can be given as an expectation and means the same distribution."""
     site = _site(make())
@@ -60,7 +61,8 @@ def test_mha_zeroes_its_out_proj_bias_and_the_audit_knows():
 @pytest.mark.parametrize("text,std", [
     ("normal(0.02/sqrt(2L))", 0.02 / math.sqrt(8)), ("normal(0.02 / sqrt(2 * L))", 0.02 / math.sqrt(8)),
     ("kaiming_normal(mode='fan_out')", math.sqrt(2 / 80)), ("kaiming_normal(fan_out)", math.sqrt(2 / 80)),
-    ("kaiming_normal(a=sqrt(5))", math.sqrt(1 / 3) / math.sqrt(48)),  # gain sqrt(2 / (1 + 5)) ("xavier_normal(tanh)", 5 / 3 * math.sqrt(2 / 128)),
+    ("kaiming_normal(a=sqrt(5))", math.sqrt(1 / 3) / math.sqrt(48)),  # gain sqrt(2 / (1 + 5))
+    ("xavier_normal(tanh)", 5 / 3 * math.sqrt(2 / 128)),
     ("lecun_normal", math.sqrt(1 / 48)), ("normal(1e-6)", 1e-6), ("trunc_normal(0.02, 3σ)", 0.02),
 ])
 def test_expectations_read_as_written(text, std):
