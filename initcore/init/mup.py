@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import fields, is_dataclass, replace
 
 import torch
@@ -184,14 +184,16 @@ def _shapes(family: type, cfg) -> dict[str, tuple[int, ...]]:
 
 
 def width_multipliers(model: nn.Module, base_width: int | None,
-                      base_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[float, ...]]:
+                      base_shapes: dict[str, tuple[int, ...]] | None = None,
+                      roles: Mapping | None = None) -> dict[str, tuple[float, ...]]:
     """Per parameter name, the width multiplier of each of its dimensions: (m_in, m_out) for a matrix (its
     fan-in and fan-out, an embedding's transposed), (m,) for a vector, () for a scalar; 1 where a
     dimension does not grow. ``base_width=None``: the model is its own base (every multiplier 1).
     ``base_shapes``: parameter name -> shape of the model at its base width, for a model without an
-    initcore config (one built by a factory of width, as the coordinate check's ``--model`` is).
+    initcore config (one built by a factory of width, as the coordinate check's ``--model`` is);
+    ``roles``: as ``init.apply`` takes them, for parameters no module declares (which way a weight is stored).
     """
-    roles = param_roles(model)
+    roles = param_roles(model, roles)
     if base_width is None and base_shapes is None:
         return {p.name: (1.0,) * min(p.param.dim(), 2) for p in roles}
     if base_shapes is None:
@@ -213,18 +215,19 @@ def width_multipliers(model: nn.Module, base_width: int | None,
 
 
 def lr_multipliers(model: nn.Module, optimizer: str = "adam", base_width: int | None = None,
-                   base_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, float]:
+                   base_shapes: dict[str, tuple[int, ...]] | None = None, roles: Mapping | None = None
+                   ) -> dict[str, float]:
     """Per parameter name, the factor muP puts on the learning rate (see the module's table).
 
     Adam-like optimizers normalize each entry's update, so only a matrix with a growing fan-in slows
     down (its update adds up fan-in coherent terms): lr / m_in. Under SGD the gradient itself carries
-    the width: lr · m_out / m_in for a matrix, lr · m for a vector of growing size. ``base_shapes``: as
-    ``width_multipliers``.
+    the width: lr · m_out / m_in for a matrix, lr · m for a vector of growing size. ``base_shapes``,
+    ``roles``: as ``width_multipliers``.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     out = {}
-    for name, mults in width_multipliers(model, base_width, base_shapes).items():
+    for name, mults in width_multipliers(model, base_width, base_shapes, roles).items():
         if len(mults) == 2:
             m_in, m_out = mults
             out[name] = 1 / m_in if optimizer != "sgd" else m_out / m_in
@@ -236,14 +239,16 @@ def lr_multipliers(model: nn.Module, optimizer: str = "adam", base_width: int | 
 
 
 def param_groups(model: nn.Module, name: str, *, lr: float, optimizer: str = "adam",
-                 base_width: int | None = None, base_shapes: dict[str, tuple[int, ...]] | None = None) -> list[dict]:
+                 base_width: int | None = None, base_shapes: dict[str, tuple[int, ...]] | None = None,
+                 roles: Mapping | None = None) -> list[dict]:
     """Parameter groups for ``torch.optim`` under strategy ``name``: one group per learning rate.
 
     Every strategy but ``"mup"`` is the standard parametrization: one group, ``lr`` for every parameter.
     Under ``"mup"`` each parameter gets ``lr`` times ``lr_multipliers`` (``optimizer`` is ``"adam"``,
     ``"adamw"`` or ``"sgd"``); ``base_width`` must be the one given to ``init.apply`` (None: the model's
     own width, where muP and the standard parametrization train alike), or ``base_shapes`` those of a
-    model without an initcore config at its base width (see ``width_multipliers``). Weight decay is left to the
+    model without an initcore config at its base width, with ``roles`` as ``init.apply`` took them (see
+    ``width_multipliers``). Weight decay is left to the
     optimizer (under AdamW muP would keep lr x weight_decay fixed per group).
 
     Raises:
@@ -265,7 +270,7 @@ def param_groups(model: nn.Module, name: str, *, lr: float, optimizer: str = "ad
     if strategy.name != "mup":
         return [{"params": list(params.values()), "lr": lr}]
     groups: dict[float, list[nn.Parameter]] = {}
-    for pname, mult in lr_multipliers(model, optimizer, base_width, base_shapes).items():
+    for pname, mult in lr_multipliers(model, optimizer, base_width, base_shapes, roles).items():
         if pname in params:
             groups.setdefault(mult, []).append(params[pname])
     return [{"params": ps, "lr": lr * mult} for mult, ps in groups.items()]
