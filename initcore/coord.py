@@ -341,7 +341,7 @@ def readouts(run: CoordRun, model: nn.Module, seed: int) -> set[str]:
     its shapes at the run's first two widths): the readouts, muP's heads."""
     small, large = (_shapes_at(run, seed, w) for w in run.widths[:2])
     try:
-        transposed = {p.name for p in param_roles(model) if p.transposed}
+        transposed = {p.name for p in param_roles(model, dict(run.roles) or None) if p.transposed}
     except ValueError:  # parameters no module declares and no type tells: taken as (fan_out, fan_in, ...)
         transposed = set()
     out = set()
@@ -415,7 +415,7 @@ def _build_user(run: CoordRun, width: int, seed: int, device, tamper: Tamper | N
                    **run.strategy_options)
     model.to(device)
     groups = init.param_groups(model, run.init or "standard", lr=run.learning_rate, optimizer=run.optimizer,
-                               base_shapes=base_shapes)
+                               base_shapes=base_shapes, roles=dict(run.roles) or None)
     if tamper is not None:
         tamper(model, groups, width)
     moved = (_to(inputs, device), _to(targets, device))

@@ -259,3 +259,39 @@ def test_prediction_reads_logits_and_first_elements():
     assert coord.prediction(type("Out", (), {"logits": t})()) is t
     with pytest.raises(ValueError, match="no tensor to train on"):
         coord.prediction(("text",))
+
+
+def hf_gpt2(seed: int, width: int):
+    """Hugging Face's GPT-2, tiny, untied: Conv1D weights stored (in, out), a ModelOutput with .logits."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    g = torch.Generator().manual_seed(seed)
+    idx, targets = torch.randint(0, 64, (2, 8), generator=g), torch.randint(0, 64, (2, 8), generator=g)
+    cfg = GPT2Config(vocab_size=64, n_positions=16, n_embd=width, n_layer=1, n_head=2, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg), {"input_ids": idx}, targets
+
+
+
+
+def test_hugging_face_gpt2_its_own_init_grows_and_mup_reads_its_conv1d_roles():
+    pytest.importorskip("transformers")
+    from initcore.models.roles import Role
+
+    own = coord.verdicts(coord.measure(CoordRun(hf_gpt2, None, widths=(32, 64, 128), steps=1), seed=0))
+    assert not coord.passed(own)  # the standard parametrization under Adam: hidden rows as width^1
+    assert {"transformer.h.0.mlp.c_fc", "output"} <= set(own.loc[own["verdict"] == "grows", "coordinate"])
+    roles = (("*.c_attn.weight", Role("qkv", parts=("q", "k", "v"), transposed=True)),
+             ("*.attn.c_proj.weight", Role("attn_out", transposed=True)),
+             ("*.c_fc.weight", Role("mlp_in", transposed=True)),
+             ("*.mlp.c_proj.weight", Role("mlp_out", transposed=True)))
+    run = CoordRun(hf_gpt2, "mup", widths=(32, 128), steps=1, roles=roles)
+    model, _, opt = coord.build(run, 128, seed=0)
+    assert coord.readouts(run, model, seed=0) == {"lm_head.weight"}
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    lr = coord.DEFAULT_LR["adam"]
+    # Conv1D stores (in, out): c_fc's fan-in is its first dimension, and grows 4x, so lr / 4; the position
+    # embedding's fan-in (positions) does not grow, so lr
+    assert lrs[id(model.transformer.h[0].mlp.c_fc.weight)] == pytest.approx(lr / 4)
+    assert lrs[id(model.transformer.wpe.weight)] == pytest.approx(lr)
+    assert torch.count_nonzero(model.lm_head.weight) == 0
