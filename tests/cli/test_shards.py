@@ -306,3 +306,36 @@ def test_bad_input_of_yours_is_one_line_and_exit_2(user_gpt, argv, message, caps
     assert exc.value.code == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and message.format(m=user_gpt) in err, err
+
+
+HF_GPT2 = textwrap.dedent('''
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+
+    def gpt2(seed):
+        return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2,
+                                          bos_token_id=0, eos_token_id=0))
+
+
+    def hf_init(model):
+        model.apply(model._init_weights)  # what post_init runs: nn.init on whatever it finds
+''')
+HF_ROLES = ("*.c_attn.weight=qkv:q,k,v:transposed,*.attn.c_proj.weight=attn_out:transposed,"
+            "*.c_fc.weight=mlp_in:transposed,*.mlp.c_proj.weight=mlp_out:transposed")
+
+
+def test_hugging_face_gpt2_sharded_by_a_strategy_passes_and_by_its_own_init_fails(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("transformers")
+    name = f"hf_gpt2_{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(HF_GPT2)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["shards", "--model", f"{name}:gpt2"]
+    assert cli.main([*argv, "--init", "gpt2", "--roles", HF_ROLES, "--placements"]) == 0
+    out, _ = capsys.readouterr()
+    c_proj = next(line.split() for line in out.splitlines() if line.startswith("transformer.h.1.mlp.c_proj.weight"))
+    # Conv1D (in, out) = 128x32, its role from --roles; GPT-2's 0.02 / sqrt(2 L), L = 2: 0.01 as declared
+    assert c_proj[1:3] == ["mlp_out", "128x32"] and float(c_proj[5]) == pytest.approx(0.01)
+    assert cli.main([*argv, "--init", f"{name}:hf_init"]) == 1
+    out, _ = capsys.readouterr()
+    assert "transformer.h.0.mlp.c_fc.weight (-): shards 0 and 1 are equal" in out
