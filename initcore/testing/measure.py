@@ -180,10 +180,10 @@ def seed_record(run: Run, seed: int, device: str | torch.device = "cpu") -> base
 
 
 def exact_backward_rtol(run: Run) -> float:
-    """The exact check's tolerance for gradient statistics: ``baselines.EXACT_RTOL``, or where the network
-    amplifies rounding by A (``rounding_amplification``), CHAOS_MARGIN * ROUNDOFF * A if larger (as between
-    devices: a thread count perturbs float32 rounding as a device does)."""
-    return max(baselines.EXACT_RTOL, CHAOS_MARGIN * ROUNDOFF * rounding_amplification(run))
+    """The exact check's tolerance for gradient statistics: ``baselines.EXACT_BACKWARD_RTOL``, or where the
+    network amplifies rounding by A (``rounding_amplification``), CHAOS_MARGIN * ROUNDOFF * A if larger (as
+    between devices: a thread count perturbs float32 rounding as a device does)."""
+    return max(baselines.EXACT_BACKWARD_RTOL, CHAOS_MARGIN * ROUNDOFF * rounding_amplification(run))
 
 
 def parameter_stats(model: nn.Module) -> pd.DataFrame:

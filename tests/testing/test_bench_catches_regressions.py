@@ -11,6 +11,7 @@ target without a regression passes, so a failure is the regression's doing. Each
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -150,5 +151,12 @@ def test_regression_fails_the_bench(name, pytester, seed):
     pytester.syspathinsert()
     result = run_bench(pytester, seed, [target], "-p", plugin)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*statistics moved from their baseline:*", row,
-                                 "*run `pytest bench --update-baselines`*"])
+    out = result.stdout.str()
+    if name.startswith("variance-") and re.search(r"InitMismatchError: init.apply\(model, '\w+'\) drew", out):
+        return  # the strategy's own check of its draws (initcore.init.verify) stops a changed variance first
+    # At the baselines' own seed, an edit that leaves the parameters' bits alone (an activation, a residual,
+    # the attention's scale) fails the exact check first, with the same rows and their band verdicts; one that
+    # changes them (a variance, a norm or bias init), and any other seed, the bands.
+    assert re.search(r"\d+ of \d+ statistics (moved from their baseline|differ from their seed-\d+ values)",
+                     result.stdout.str()), result.stdout.str()
+    result.stdout.fnmatch_lines([row, f"*run `pytest *{target.split('::')[0]} --update-baselines`*"])  # its file

@@ -84,7 +84,9 @@ def test_a_one_line_change_fails_with_the_table_of_what_moved(user_repo, tmp_pat
     (changed / "baselines" / "my_model.csv").write_bytes((user_repo / "baselines" / "my_model.csv").read_bytes())
     done = _run(_commands()[1], changed)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert re.search(r"my_model .*: \d+ of \d+ statistics moved from their baseline", done.stdout), done.stdout
+    # at seed 0 the exact check sees it first (same parameters, other numbers), else the bands: a table either way
+    assert re.search(r"my_model .*: \d+ of \d+ statistics (moved from their baseline|differ from their seed-0 "
+                     r"values)", done.stdout), done.stdout
     assert re.search(r"1 failed, 1 passed", done.stdout), done.stdout  # still healthy: only the baseline moved
 
 
