@@ -28,7 +28,6 @@ a 10% scale change is a KS distance of 0.023, resolved at p < 1e-4 from ~2e4 num
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import math
 import os
@@ -40,7 +39,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from initcore import baselines, experiments, probe, zoo
+from initcore import baselines, experiments, zoo
 from initcore.testing import assert_healthy, measure
 
 MISSING = zoo.missing()
@@ -52,25 +51,7 @@ if MISSING:
 EXPERIMENT = "real_models"
 
 
-# baselines/real_models.csv holds the rows the probe's default selection gave when it was written: every
-# module owning parameters and torch's activation modules, and each attention row under its owner's name
-# (transformer.h.i.attn, since named transformer.h.i.attn:sdpa beside the module's own row). The baseline
-# file format is being changed by another change at the same time, so the file is not regenerated here:
-# these runs select the rows it holds and read the attention rows under the names it holds. Regenerate it
-# (--update-baselines) and drop _stored_rows and as_stored together.
-def _stored_rows(name: str, module: nn.Module) -> bool:
-    owns = next(module.parameters(recurse=False), None) is not None
-    return (owns and bool(name)) or isinstance(module, probe.ACTIVATION_TYPES)
-
-
-def as_stored(run, seed: int, device: str) -> pd.DataFrame:
-    """``measure.measure`` with the attention rows named as the stored baseline names them."""
-    frame = measure.measure(run, seed, device)
-    frame["module"] = frame["module"].str.removesuffix(probe.SDPA_SUFFIX)
-    return frame
-
-
-RUNS = {name: dataclasses.replace(run, select=_stored_rows) for name, run in experiments.ZOO_RUNS.items()}
+RUNS = experiments.ZOO_RUNS
 P_MIN = 1e-4  # PyTorch's init tests use this threshold
 INITIALIZER_RANGE = 0.02  # GPT2Config's default, which the zoo's config keeps
 BN_EPS = 1e-5  # nn.BatchNorm2d's default eps, torchvision's choice
@@ -139,7 +120,7 @@ def _constants_of_gpt2(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("name", ["gpt2", "resnet18"])
 def test_matches_baseline(name, trace_run, baseline):
-    baseline.check(EXPERIMENT, RUNS[name], trace_run(RUNS[name], measure=as_stored), measure=as_stored)
+    baseline.check(EXPERIMENT, RUNS[name], trace_run(RUNS[name]))
 
 
 @pytest.mark.parametrize("name", list(RUNS))
@@ -177,8 +158,8 @@ def test_initcore_gpt2_traces_within_transformers_bands(trace_run, baseline):
     """The statistics of the GPT-2 that initcore initialized lie in the baseline bands of transformers' own
     init (K seed spreads): the same distributions, seen through the network."""
     hf, ours = RUNS["gpt2"], RUNS["gpt2_initcore"]
-    rows = baseline.rows(EXPERIMENT, hf, measure=as_stored)
-    measured = measure.tidy(trace_run(ours, measure=as_stored), measure.statistics_for(ours)).assign(config=hf.key)
+    rows = baseline.rows(EXPERIMENT, hf)
+    measured = measure.tidy(trace_run(ours), measure.statistics_for(ours)).assign(config=hf.key)
     result = baselines.compare(measured, rows)
     assert result["ok"].all(), result[~result["ok"]].to_string(index=False)
 
@@ -191,12 +172,12 @@ def test_gpt2_attention_logits_follow_the_init(trace_run, baseline):
     run = RUNS["gpt2"]
     attn = trace_run(run).query("kind == 'attn'")
     assert list(attn["module"]) == [f"transformer.h.{i}.attn:sdpa" for i in range(experiments.ZOO_GPT2["n_layer"])]
-    frame = trace_run(run, measure=as_stored)
-    layer = "transformer.h.0.attn"
+    frame = trace_run(run)
+    layer = "transformer.h.0.attn:sdpa"
     predicted = pd.DataFrame({"layer": [layer], "statistic": ["logit_std"],
                               "value": [experiments.ZOO_GPT2["n_embd"] * INITIALIZER_RANGE**2]})
     measured = measure.tidy(frame, {"attn": ("logit_std",)})
-    rows = baseline.rows(EXPERIMENT, run, measure=as_stored)
+    rows = baseline.rows(EXPERIMENT, run)
     measure.assert_theory(measured[measured["layer"] == layer], predicted, rows,
                           what=f"{run.key}: block 0 logit std")
 
