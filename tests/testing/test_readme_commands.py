@@ -76,10 +76,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pytest test_init_health.py": (SKIP, "test_init_health.py is the reader's file"),
     "initcore trace --model test_init_health:make": (SKIP, "test_init_health.py is the reader's file"),
     "initcore diagnose --model test_init_health:make": (SKIP, "test_init_health.py is the reader's file"),
+    # Audit
+    "initcore audit --model transformer --init gpt2 --n-layers 2 --d-model 64": (RUN, ""),
+    "initcore audit --model mygpt:make --meta": (SKIP, "mygpt is the reader's module; tests/cli/test_audit.py runs it"),
+    "initcore audit --model mygpt:make --expect '*.c_proj.weight=normal(0.02/sqrt(2L));*=torch_default'":
+        (SKIP, "mygpt is the reader's module; tests/cli/test_audit.py runs --expect on one"),
     # Sharded init
     "initcore shards --strategy gpt2 --parallel tp --world-size 4": (PARSE, "starts processes"),
     "initcore shards --naive --parallel fsdp --world-size 2": (PARSE, "starts processes"),
     "pytest bench/test_sharded_init.py": (PARSE, "starts processes"),
+    "initcore shards --recipe mygpt:fsdp": (SKIP, "mygpt is the reader's; tests/cli/test_shards.py runs recipes"),
+    "initcore shards --recipe mygpt:fsdp_naive": (SKIP, "mygpt is the reader's module"),
+    "initcore shards --recipe mygpt:fsdp --recipe mygpt:tp --world-size 2": (SKIP, "mygpt is the reader's module"),
+    "initcore shards --model mygpt:build --init gpt2 --roles 'h.*.c_proj.weight=attn_out' --placements":
+        (SKIP, "mygpt is the reader's module"),
+    "initcore shards --model mygpt:build --init mygpt:init_weights": (SKIP, "mygpt is the reader's module"),
+    "initcore shards --model mygpt:build --init kaiming_normal --parallel hsdp --world-size 4":
+        (SKIP, "mygpt is the reader's module"),
+    "initcore coord --model mymodels:make --init mup --roles 'qkv.weight=qkv:q,k,v'":
+        (SKIP, "mymodels is the reader's module; tests/cli/test_coord.py runs a user's model"),
+    "initcore coord --model mymodels:make": (SKIP, "mymodels is the reader's module"),
 }
 
 
