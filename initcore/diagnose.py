@@ -26,9 +26,9 @@ import pandas as pd
 
 __all__ = [
     "FINDING_COLUMNS", "HEALTH_COLUMNS", "HEALTH_RULES", "STANDARD_INIT", "SYMPTOMS", "TREND_FACTOR", "TREND_R2",
-    "TREND_TOTAL", "Fix", "HealthRule", "Symptom", "depth_trend", "diagnose", "first_fixes", "format_findings",
-    "format_health", "health_from_trace", "health_summary", "health_table", "positive_bias", "standard_init",
-    "symptom_table",
+    "TREND_TOTAL", "MEAN_SHARE", "Fix", "HealthRule", "Symptom", "depth_trend", "diagnose", "explain_health",
+    "first_fixes", "format_findings", "format_health", "health_from_trace", "health_summary", "health_table",
+    "positive_bias", "standard_init", "symptom_table", "verdict",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -353,9 +353,15 @@ def first_fixes(findings: pd.DataFrame) -> dict[str, Fix]:
     return {name: SYMPTOMS[name].fixes[0] for name in findings["symptom"]}
 
 
-def format_findings(findings: pd.DataFrame, n_fixes: int = 2) -> str:
-    """The findings as text: each symptom, its evidence and its first ``n_fixes`` fixes; or "healthy"."""
+def format_findings(findings: pd.DataFrame, n_fixes: int = 2, health: pd.DataFrame | None = None) -> str:
+    """The findings as text: each symptom, its evidence and its first ``n_fixes`` fixes; or "healthy".
+
+    ``health``: an ``explain_health`` table of the same model, whose rows the notebook's rules flag and
+    no design explains count as a symptom too: the text then says the one ``verdict`` of both.
+    """
     if findings.empty:
+        if health is not None:
+            return verdict(findings, health) + "\n"
         return f"healthy: no symptom found (checked: {', '.join(SYMPTOMS)})\n"
     lines = []
     for row in findings.itertuples(index=False):
@@ -405,6 +411,82 @@ def health_table(stats: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _block_of(module: str, blocks: list[str]) -> str | None:
+    inside = [b for b in blocks if module.startswith(b + ".")]
+    return max(inside, key=len) if inside else None
+
+
+# The notebook's |mean| > 0.1 is absolute: on a layer of std 1.4 (a He-initialized ReLU network's) a mean of
+# 0.105 is 0.3% of the second moment, seed noise. A mean is a symptom when it is also a fair share of the
+# signal: above a quarter of the std, 1/17 (6%) of the second moment, a shift the next layer sees.
+MEAN_SHARE = 0.25
+
+
+def explain_health(table: pd.DataFrame, frame: pd.DataFrame, findings: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``health_table``'s ``table`` with ``why`` (a sentence per flagged row, "" for a healthy one) and
+    ``symptom`` (whether the flag is a symptom), judged with the trace ``frame`` of the same model.
+
+    The notebook's "Poor variance" (std outside 0.1..10) is a symptom of a layer whose output feeds the
+    next layer as it is. It is not one for a branch inside a residual block (a row under a block row
+    of ``frame``, kind "block"): its output is added to the residual stream, which the next branch reads
+    (through its norm, where there is one), so its own scale is its share of the stream, and a residual
+    projection scaled down on purpose (GPT-2's c_proj: 0.02 / sqrt(2 n_layer)) is small by design. The
+    stream itself is judged by ``diagnose``'s symptoms (its depth trend, the gradients): a branch in a
+    block that one of ``findings`` names stays a symptom, as does a std above 10. "Mean too large" is a
+    symptom where the mean is also above ``MEAN_SHARE`` of the std; NaN and Inf always are.
+    """
+    blocks = [str(m) for m in frame.loc[frame["kind"] == "block", "module"]] if "kind" in frame.columns else []
+    stream = frame.set_index("module")["act_std"] if "act_std" in frame.columns else pd.Series(dtype=float)
+    named = set() if findings is None or findings.empty else {m for ms in findings["modules"] for m in ms}
+    out = table.copy()
+    whys, symptoms = [], []
+    for row in out.itertuples(index=False):
+        issues = [i for i in row.issues.split(", ") if i]
+        reasons, symptom = [], False
+        for issue in issues:
+            block = _block_of(str(row.module), blocks) if issue == "Poor variance" else None
+            if issue == "Mean too large" and abs(row.mean) <= MEAN_SHARE * row.std:
+                reasons.append(f"not a symptom: |mean| {abs(row.mean):.3g} is {abs(row.mean) / row.std:.2g} of "
+                               f"the std {row.std:.3g}, {(row.mean / row.std) ** 2:.1%} of the second moment")
+            elif block is not None and row.std < 0.1 and block not in named and row.module not in named:
+                after = float(stream.get(block, math.nan))
+                reasons.append(f"not a symptom: a branch of residual block {block}, added to a stream of std "
+                               f"{after:.3g} ({row.std / after:.2g} of it); a residual projection is small by "
+                               f"design (GPT-2 scales c_proj by 1/sqrt(2 n_layer))")
+            elif issue == "Poor variance":
+                symptom = True
+                where = f" in residual block {block}, which a symptom above names" if block else \
+                    ", on a layer whose output feeds the next layer as it is"
+                reasons.append(f"a symptom: std {row.std:.3g} outside 0.1..10{where}")
+            else:
+                symptom = True
+                reasons.append(f"{issue}: a symptom")
+        whys.append("; ".join(reasons))
+        symptoms.append(symptom)
+    out["why"], out["symptom"] = whys, pd.array(symptoms, dtype=bool)
+    return out
+
+
+def verdict(findings: pd.DataFrame, health: pd.DataFrame | None = None) -> str:
+    """One line for a model: healthy, or not and why, from ``diagnose``'s findings and (optionally) an
+    ``explain_health`` table, whose flags by design do not count against it."""
+    unexplained = health[health["symptom"]] if health is not None else None
+    by_design = int((~health["healthy"] & ~health["symptom"]).sum()) if health is not None else 0
+    design = f"; {by_design} layers the notebook's rules flag are no symptom (why: below)" if by_design else ""
+    if findings.empty and (unexplained is None or unexplained.empty):
+        checked = ", ".join([*SYMPTOMS, *(["the notebook's rules"] if health is not None else [])])
+        return f"healthy: no symptom found (checked: {checked}){design}"
+    parts = [f"{len(findings)} symptoms ({', '.join(findings['symptom'])})"] if len(findings) else []
+    if unexplained is not None and len(unexplained):
+        parts.append(f"{len(unexplained)} layers the notebook's rules flag ({_names(unexplained['module'])})")
+    return f"not healthy: {' and '.join(parts)}{design}"
+
+
+def _names(modules) -> str:
+    names = list(modules)
+    return ", ".join(names) if len(names) <= 3 else f"{names[0]}, {names[1]}, ..., {names[-1]}"
+
+
 def health_from_trace(frame: pd.DataFrame) -> pd.DataFrame:
     """A probe trace's output statistics in ``health_table``'s input shape (module, mean, std, ...)."""
     names = {"act_mean": "mean", "act_std": "std", "act_min": "min", "act_max": "max"}
@@ -425,15 +507,31 @@ def health_summary(table: pd.DataFrame) -> dict:
     return {"healthy": healthy, "total": total, "verdict": verdict}
 
 
-def format_health(table: pd.DataFrame) -> str:
-    """The health table as the notebook printed it, one line per layer, then the summary."""
+def format_health(table: pd.DataFrame, findings: pd.DataFrame | None = None) -> str:
+    """The health table as the notebook printed it, one line per layer, then the summary.
+
+    An ``explain_health`` table prints each flag's ``why`` under its row, marks a flag by design as
+    such, and ends with the one ``verdict`` (with ``findings``, ``diagnose``'s of the same model)
+    instead of the notebook's, which counts every flag against the model.
+    """
+    explained = "symptom" in table.columns
     width = max([len("module"), *map(len, table["module"])])
     lines = [f"{'module':<{width}}  {'mean':>9}  {'std':>9}  {'range':>21}  issues",
              "-" * (width + 56)]
     for row in table.itertuples(index=False):
         issues = row.issues or "healthy"
+        if explained and row.issues and not row.symptom:
+            issues = f"{row.issues} (no symptom)"
         lines.append(f"{row.module:<{width}}  {row.mean:9.4f}  {row.std:9.4f}  [{row.min:8.2f}, {row.max:8.2f}]  "
                      f"{issues}")
+        if explained and row.why:
+            lines.append(f"{'':<{width}}    why: {row.why}")
     s = health_summary(table)
-    lines.append(f"SUMMARY: {s['healthy']}/{s['total']} layers healthy: {s['verdict']}")
+    if explained:
+        found = findings if findings is not None else pd.DataFrame(columns=list(FINDING_COLUMNS))
+        design = int((~table["healthy"] & ~table["symptom"]).sum())
+        lines.append(f"SUMMARY: {s['healthy']}/{s['total']} layers within the notebook's rules, {design} more "
+                     f"flagged but no symptom: {verdict(found, table).split(':')[0]}")
+    else:
+        lines.append(f"SUMMARY: {s['healthy']}/{s['total']} layers healthy: {s['verdict']}")
     return "\n".join(lines) + "\n"

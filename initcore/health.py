@@ -1,5 +1,6 @@
 """The notebook's ``InitializationUtils.analyze_initialization`` for any model: output statistics of every
-``nn.Linear`` and ``nn.MultiheadAttention`` under one no-grad forward pass, as a frame.
+``nn.Linear`` (and other libraries' Linear layers) and ``nn.MultiheadAttention`` under one no-grad forward
+pass, as a frame.
 
 A selection of the one probe (``initcore.probe.trace`` with ``select`` the module types, forward only);
 the rules that judge the statistics, the summary and the printed table live in ``initcore.diagnose``.
@@ -18,9 +19,12 @@ from torch import nn
 
 from initcore import diagnose, probe
 
-__all__ = ["MODULE_TYPES", "collect", "health_report"]
+__all__ = ["LINEAR_CLASSES", "MODULE_TYPES", "collect", "health_report"]
 
 MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.MultiheadAttention)  # the notebook's selection
+# Linear layers of other libraries under another type, named (module, qualified name) so that nothing is
+# imported: Hugging Face's Conv1D (GPT-2's c_attn, c_proj, c_fc: a Linear whose weight is stored (in, out)).
+LINEAR_CLASSES = (("transformers.pytorch_utils", "Conv1D"),)
 
 
 def collect(model: nn.Module, inputs, *, types: tuple[type[nn.Module], ...] = MODULE_TYPES,
@@ -34,7 +38,8 @@ def collect(model: nn.Module, inputs, *, types: tuple[type[nn.Module], ...] = MO
     Args:
         model: any ``nn.Module``.
         inputs: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
-        types: the module types to hook.
+        types: the module types to hook; with ``nn.Linear``, other libraries' Linear layers too
+            (``LINEAR_CLASSES``: Hugging Face's Conv1D).
         tuple_outputs: measure the first tensor of a tuple output (``MultiheadAttention``'s); False skips
             them, as the notebook's ``isinstance(output, torch.Tensor)`` did.
 
@@ -42,7 +47,13 @@ def collect(model: nn.Module, inputs, *, types: tuple[type[nn.Module], ...] = MO
     >>> collect(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), torch.ones(5, 4))["module"].tolist()
     ['0', '2']
     """
-    frame = probe.trace(model, inputs, loss=None, select=tuple(types), statistics=_STATISTICS, train=None,
+    types = tuple(types)
+    linear = nn.Linear in types
+
+    def select(name: str, m: nn.Module) -> bool:
+        return isinstance(m, types) or (linear and (type(m).__module__, type(m).__qualname__) in LINEAR_CLASSES)
+
+    frame = probe.trace(model, inputs, loss=None, select=select, statistics=_STATISTICS, train=None,
                         unpack=tuple_outputs)
     frame = frame.dropna(subset=["nan_count"])  # a module that never ran, or returned a tuple the notebook skipped
     frame = frame.assign(base=frame["module"].str.replace(r"#\d+$", "", regex=True))

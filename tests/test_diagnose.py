@@ -393,3 +393,70 @@ def test_a_sequential_mlp_gets_the_depth_trend_of_initcore_s_mlp():
     assert fit_seq["factor"] == pytest.approx(fit_ours["factor"], rel=1e-4)  # the same activations
     assert fit_seq["layers"] == tuple(range(0, 19, 2)) and fit_seq["steps"] == 9
     assert "shrinking_signal" in set(D.diagnose(_foreign_trace(seq, x))["symptom"])
+
+
+# --- one verdict: the notebook's flags explained against the trace ------------------------------------------
+
+
+def _residual_frame(stream_std=(0.03, 0.04)):
+    """A pre-norm transformer's trace in miniature: two blocks, each with a small residual projection."""
+    rows = []
+    for i, s in enumerate(stream_std):
+        rows += [{"module": f"h.{i}.c_fc", "kind": "linear", "layer": i, "act_std": 0.2},
+                 {"module": f"h.{i}.c_proj", "kind": "linear", "layer": i, "act_std": 0.006},
+                 {"module": f"h.{i}", "kind": "block", "layer": i, "act_std": s}]
+    rows.append({"module": "head", "kind": "linear", "layer": -1, "act_std": 0.05})
+    return pd.DataFrame(rows).assign(grad_norm=0.1)
+
+
+def _health_of(frame):
+    """The notebook's table of the frame's Linear rows (its hooks see no block)."""
+    rows = frame[frame["kind"] == "linear"]
+    return D.health_table(stats(module=list(rows["module"]), std=list(rows["act_std"])))
+
+
+def test_poor_variance_inside_a_residual_block_is_by_design_and_outside_one_a_symptom():
+    frame = _residual_frame()
+    table = D.explain_health(_health_of(frame), frame, D.diagnose(frame))
+    flagged = table.set_index("module")
+    assert list(table["module"]) == ["h.0.c_fc", "h.0.c_proj", "h.1.c_fc", "h.1.c_proj", "head"]
+    assert flagged.loc[["h.0.c_proj", "h.1.c_proj"], "symptom"].tolist() == [False, False]
+    why = flagged.loc["h.0.c_proj", "why"]
+    assert "a branch of residual block h.0, added to a stream of std 0.03 (0.2 of it)" in why
+    assert flagged.loc["head", "symptom"] and "std 0.05 outside 0.1..10, on a layer" in flagged.loc["head", "why"]
+    assert flagged.loc["h.0.c_fc", "why"] == "" and not flagged.loc["h.0.c_fc", "symptom"]
+    assert D.verdict(D.diagnose(frame), table) == (
+        "not healthy: 1 layers the notebook's rules flag (head); 2 layers the notebook's rules flag are no symptom "
+        "(why: below)")
+
+
+def test_one_verdict_top_and_bottom():
+    frame = _residual_frame().query("module != 'head'")
+    findings = D.diagnose(frame)
+    table = D.explain_health(_health_of(frame), frame, findings)
+    top = D.format_findings(findings, health=table)
+    assert top.startswith("healthy: no symptom found (checked: vanishing_gradients,") and "the notebook's rules" in top
+    text = D.format_health(table, findings)
+    assert "h.0.c_proj" in text and "Poor variance (no symptom)" in text and "needs improvement" not in text
+    assert text.rstrip().splitlines()[-1] == ("SUMMARY: 2/4 layers within the notebook's rules, 2 more flagged but no "
+                                              "symptom: healthy")
+
+
+def test_a_branch_of_a_block_a_symptom_names_stays_a_symptom():
+    frame = _residual_frame()
+    frame.loc[frame["module"] == "h.1.c_proj", "grad_norm"] = 1e-9  # vanishing gradients there
+    findings = D.diagnose(frame)
+    table = D.explain_health(_health_of(frame), frame, findings).set_index("module")
+    assert table.loc["h.1.c_proj", "symptom"] and not table.loc["h.0.c_proj", "symptom"]
+    assert D.verdict(findings, table.reset_index()).startswith(
+        "not healthy: 1 symptoms (vanishing_gradients) and 2 layers the notebook's rules flag (h.1.c_proj, head)")
+
+
+def test_a_mean_that_is_a_small_share_of_the_std_is_no_symptom():
+    # the notebook's |mean| > 0.1 is absolute: -0.105 on a std of 1.43 (a He ReLU layer, seed 0) is 0.5% of the
+    # second moment; 0.5 on a std of 1 is a quarter of it (MEAN_SHARE 0.25: above it, a symptom)
+    frame = pd.DataFrame({"module": ["a", "b"], "kind": "linear", "layer": [0, 1], "act_std": [1.43, 1.0]})
+    table = D.explain_health(D.health_table(stats(module=["a", "b"], mean=[-0.105, 0.5], std=[1.43, 1.0])), frame)
+    assert table["symptom"].tolist() == [False, True]
+    assert table["why"][0] == "not a symptom: |mean| 0.105 is 0.073 of the std 1.43, 0.5% of the second moment"
+    assert D.verdict(D.diagnose(frame), table).startswith("not healthy: 1 layers the notebook's rules flag (b)")

@@ -22,7 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Trace one forward and backward pass of a freshly initialized model (the options of "
                     "`initcore trace`) and name each symptom of initcore.diagnose.SYMPTOMS found in it, with its "
                     "evidence and first fixes, or say that it is healthy.",
-        epilog="Exit status: 0 whether or not symptoms are found (a diagnosis is a report, not a test; use "
+        epilog="With --health, the notebook's per-layer flags join the one verdict, each with why it is or is "
+               "not a symptom (a residual branch's small std is by design). Exit status: 0 whether or not "
+               "symptoms are found (a diagnosis is a report, not a test; use "
                "--format json to act on it), 2 on bad input.")
     add_model_options(p, roles=True)
     add_probe_options(p, "diagnosed")
@@ -46,12 +48,15 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(findings.to_json(orient="records", double_precision=10) + "\n")
         return 0
-    sys.stdout.write(comment(f"{describe(args, model, inputs)}, loss {loss}"))
-    sys.stdout.write(diagnose.format_findings(findings, n_fixes=args.fixes).rstrip("\n") + "\n")
+    table = None
     if args.health:
         from initcore import health
 
         with user_model_errors(args, model):  # a second forward pass of the user's model
             report = health.health_report(model, inputs)
-        sys.stdout.write("\n" + diagnose.format_health(report))
+        table = diagnose.explain_health(report, frame, findings)  # one verdict of both, each flag's why
+    sys.stdout.write(comment(f"{describe(args, model, inputs)}, loss {loss}"))
+    sys.stdout.write(diagnose.format_findings(findings, n_fixes=args.fixes, health=table).rstrip("\n") + "\n")
+    if table is not None:
+        sys.stdout.write("\n" + diagnose.format_health(table, findings))
     return 0
