@@ -304,3 +304,49 @@ def model_rows(fig, table: pd.DataFrame, columns: Sequence[tuple[str, str]], tit
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     _legend(ax)
+
+
+def _at_least_a_decade(ax, values) -> None:
+    """A log y-axis spanning a decade or more around ``values``: a 7% wiggle then looks like 7%, not a cliff."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    if len(v):
+        lo, hi = v.min(), v.max()
+        pad = max(1.0, math.sqrt(10 * lo / hi))  # widen both ends equally up to a ratio of 10
+        ax.set_ylim(lo / pad / 1.15, hi * pad * 1.15)
+
+
+def model_stream(fig, table: pd.DataFrame) -> None:
+    """A model's residual stream, one point per block. Left: its std. Right: the gradient norm wrt it."""
+    left, right = fig.subplots(1, 2)
+    x = np.arange(len(table))
+    step = max(1, len(table) // 30)
+    for ax, col, color, label in ((left, "act_std", COLORS[0], "stream std"),
+                                  (right, "out_grad_norm", COLORS[1], "gradient norm wrt the stream")):
+        ax.plot(x, table[col], "o-", color=color, label=label)
+        ax.set_yscale("log")
+        _at_least_a_decade(ax, table[col])
+        ax.set_xticks(x[::step], table["module"].astype(str).iloc[::step], rotation=90, fontsize=6)
+        ax.set(xlabel="block, in the order it ran", ylabel=label, title=f"{label[0].upper()}{label[1:]} per block")
+        ax.grid(True, alpha=0.3)
+        _legend(ax)
+
+
+def model_attention(fig, table: pd.DataFrame) -> None:
+    """A model's attention rows (``<module>:sdpa``) by layer. Left: the pre-softmax logit std. Right: the
+    softmax entropy over log(keys seen), 1 for uniform attention, and the mean largest weight."""
+    left, right = fig.subplots(1, 2)
+    x = np.arange(len(table))
+    left.plot(x, table["logit_std"], "o-", color=COLORS[0], label="logit std")
+    left.set(yscale="log", ylabel="pre-softmax logit std", title="Attention logit std per layer")
+    _at_least_a_decade(left, table["logit_std"])
+    right.plot(x, table["attn_entropy_norm"], "o-", color=COLORS[1], label="entropy / log(keys)")
+    right.plot(x, table["attn_max"], "s--", color=COLORS[2], label="largest weight")
+    right.axhline(1.0, color="gray", linestyle=":", label="uniform attention")
+    right.set(ylim=(0, 1.05), ylabel="fraction", title="Softmax entropy and peak per layer")
+    step = max(1, len(table) // 30)
+    for ax in (left, right):
+        ax.set_xticks(x[::step], table["module"].astype(str).iloc[::step], rotation=90, fontsize=6)
+        ax.set_xlabel("attention call (module:sdpa, in the order it ran)")
+        ax.grid(True, alpha=0.3)
+        _legend(ax)

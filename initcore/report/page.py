@@ -43,7 +43,9 @@ img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;font-siz
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}summary{cursor:pointer;color:#036}p.caption{max-width:900px}
 table.summary td{text-align:left}td.pass{color:#060;font-weight:bold}td.fail{color:#b00;font-weight:bold}
-td.info{color:#555}p.broken{background:#fdd;padding:.5em;border:1px solid #b00}"""
+td.info{color:#555}p.broken{background:#fdd;padding:.5em;border:1px solid #b00}
+div.scroll{overflow-x:auto;max-width:100%}table.summary td{overflow-wrap:anywhere}
+table.summary td:last-child{min-width:20em}"""
 
 
 class PlottingUnavailable(RuntimeError):
@@ -87,8 +89,8 @@ def summary(sections: Sequence[Section]) -> str:
         f"<tr><td><a href='#{c.section}'>{html.escape(titles.get(c.section, c.section))}</a></td>"
         f"<td>{html.escape(c.against)}</td><td class='{_outcome(c)[0]}'>{_outcome(c)[1]}</td>"
         f"<td>{html.escape(c.detail)}</td></tr>" for c in checks)
-    return (f"<h2 id='summary'>Summary</h2>{head}<table class='summary'><tr><th>figure</th><th>compared against"
-            f"</th><th>result</th><th>detail</th></tr>{rows}</table>")
+    return (f"<h2 id='summary'>Summary</h2>{head}<div class='scroll'><table class='summary'><tr><th>figure</th>"
+            f"<th>compared against</th><th>result</th><th>detail</th></tr>{rows}</table></div>")
 
 
 def page(sections: Sequence[Section], seed: int, seconds: float, title: str, source: str) -> str:
@@ -106,6 +108,7 @@ def page(sections: Sequence[Section], seed: int, seconds: float, title: str, sou
         if s.draw is not None:
             parts.append(f"<img src='{s.name}.png' alt='{html.escape(s.title, quote=True)}'>")
         table = s.table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+        table = f"<div class='scroll'>{table}</div>"  # a wide table scrolls inside the page, not off it
         open_ = " open" if s.draw is None else ""
         parts.append(f"<details{open_}><summary>table: {len(s.table)} rows (<a href='{s.name}.csv'>{s.name}.csv"
                      f"</a>)</summary>{table}</details>")

@@ -671,9 +671,37 @@ def collect(seed: int = 0, runs: ReportRuns | None = None, bands: SeedBands | No
 # --------------------------------------------------------------------------------------------------
 
 
+def _stream_and_attention(frame: pd.DataFrame, where: str) -> list[Section]:
+    """The residual stream (the rows of kind "block") and the attention (kind "attn"), where the model has them."""
+    found = []
+    stream = frame.loc[frame["kind"] == "block", ["module", "layer", "act_std", "act_rms", "out_grad_norm"]]
+    stream = stream.reset_index(drop=True)
+    if stream["act_std"].notna().any():
+        found.append(Section(
+            "model_residual", "The residual stream after each block",
+            f"{where}. The output of each repeated block (a child of a ModuleList or Sequential that has children "
+            "itself): the residual stream every later block reads. Its std should neither collapse nor grow "
+            "geometrically with depth (initcore.diagnose's depth trend reads these rows on a model without "
+            "Linear rows); the gradient wrt it should reach the first block.",
+            stream,
+            lambda fig, t=stream: draw.model_stream(fig, t), size=(11.0, 4.5)))
+    attention = frame.loc[frame["kind"] == "attn", ["module", "layer", "logit_std", "attn_entropy",
+                                                    "attn_entropy_norm", "attn_max"]].reset_index(drop=True)
+    if attention["logit_std"].notna().any():
+        found.append(Section(
+            "model_attention", "Attention per layer: logit std and entropy",
+            "Each scaled_dot_product_attention call (rows named <module>:sdpa): the std of its pre-softmax logits "
+            "and its softmax entropy over log(keys seen). Logits of std much above 1 at init make attention "
+            "nearly one-hot (entropy near 0, largest weight near 1), whose gradient vanishes; near 0 they make it "
+            "uniform (entropy 1).",
+            attention, lambda fig, t=attention: draw.model_attention(fig, t), size=(11.0, 4.5)))
+    return found
+
+
 def model_sections(label: str, model: torch.nn.Module, inputs, loss="random", select=None) -> list[Section]:
     """The report of one model, any ``nn.Module``: its trace's per-row statistics drawn (scale, gradients with
-    the guide's thresholds, dead and saturated fractions, channel statistics), its diagnosis, the trace."""
+    the guide's thresholds, dead and saturated fractions, channel statistics), the residual stream and the
+    attention where it has them, its diagnosis, the trace."""
     frame = probe.trace(model, inputs, loss=loss, select=select, keep_outputs=True)
     outputs = frame.attrs.pop("outputs")
     channels = [channel_statistics(outputs[m]) if m in outputs else (math.nan, math.nan) for m in frame["module"]]
@@ -690,6 +718,7 @@ def model_sections(label: str, model: torch.nn.Module, inputs, loss="random", se
     fractions = frame[["module", "kind", "layer", "dead_frac", "saturated_frac"]]
     spp = frame[["module", "kind", "layer", "channel_sq_mean", "channel_var"]]
     return [
+        *_stream_and_attention(frame, where),
         Section("model_scale", "Activation scale per row",
                 f"{where}. Each row's output std (and its pre-activation's, where the row is an activation "
                 "module): a healthy network keeps these within a decade or so from input to output.",

@@ -157,6 +157,38 @@ def test_headless_chromium_loads_every_figure(built, tmp_path):
     assert '<p class="broken">1 figure(s) did not load: width.png. Run initcore report again.</p>' in dom
 
 
+def _wide_page(out: Path) -> Path:
+    """A page whose table has 30 columns of long names, a trace's width and more."""
+    table = pd.DataFrame({f"a_rather_long_statistic_name_{i}": [1.0 / (i + 1)] * 3 for i in range(30)})
+    section = page.Section("wide", "A wide table", "Thirty columns.", table, None)
+    index = page.write([section], out)
+    # after load, the page states how wide it lays out: wider than the window means it runs off the page
+    probe_script = ("<script>window.addEventListener('load', function () {document.body.setAttribute("
+                    "'data-width', document.documentElement.scrollWidth);});</script></body>")
+    index.write_text(index.read_text().replace("</body>", probe_script))
+    return index
+
+
+def test_every_table_scrolls_inside_the_page(tmp_path):
+    text = _wide_page(tmp_path / "out").read_text()
+    tables = text.count("<table")
+    assert tables >= 2 and text.count("<div class='scroll'><table") == tables
+    assert "div.scroll{overflow-x:auto" in text
+
+
+@pytest.mark.skipif(CHROMIUM is None or not sys.platform.startswith("linux"),
+                    reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_a_wide_table_does_not_run_off_a_1400_px_page(tmp_path):
+    # the trace's table of a Hugging Face GPT-2 ran to ~2000 px on a 1400 px window before tables scrolled
+    index = _wide_page(tmp_path / "out")
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900",
+                           "--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    width = int(re.search(r'data-width="(\d+)"', done.stdout).group(1))
+    assert width <= 1400, f"the page lays out {width} px wide in a 1400 px window"
+
+
 def test_without_matplotlib_nothing_is_run_or_written(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from initcore import diagnose, experiments, init, probe
-from initcore.report import sections
+from initcore.report import page, sections
 
 from .conftest import SEED
 
@@ -226,3 +226,27 @@ def test_model_sections_of_a_sequential():
     channels = found[3].table
     assert not math.isnan(channels["channel_var"].iloc[0])
     assert found[0].checks[0].passed is diagnose.diagnose(fresh).empty
+
+
+def test_model_sections_draw_the_residual_stream_and_attention():
+    torch.manual_seed(0)
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 3,
+                                  enable_nested_tensor=False)
+    x = torch.randn(2, 6, 16)
+    found = {s.name: s for s in sections.model_sections("encoder", model, x, loss="random")}
+    assert list(found)[:2] == ["model_residual", "model_attention"]
+    fresh = probe.trace(model, x, loss="random").set_index("module")
+    stream, attention = found["model_residual"].table, found["model_attention"].table
+    assert stream["module"].tolist() == ["layers.0", "layers.1", "layers.2"]
+    assert attention["module"].tolist() == [f"layers.{i}.self_attn:sdpa" for i in range(3)]
+    np.testing.assert_allclose(stream["act_std"], fresh.loc[stream["module"], "act_std"], rtol=1e-12)
+    np.testing.assert_allclose(attention[["logit_std", "attn_entropy_norm"]],
+                               fresh.loc[attention["module"], ["logit_std", "attn_entropy_norm"]], rtol=1e-12)
+    for name in ("model_residual", "model_attention"):  # each draws
+        assert page.png(found[name], dpi=40).startswith(b"\x89PNG")
+
+
+def test_a_model_without_blocks_or_attention_gets_neither_figure():
+    found = sections.model_sections("mlp", nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+                                    torch.randn(8, 4))
+    assert not {"model_residual", "model_attention"} & {s.name for s in found}
