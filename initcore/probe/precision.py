@@ -1,0 +1,307 @@
+"""Precision headroom: would each traced tensor survive a cast to float16, bfloat16 or an fp8 format?
+
+For every row of a trace, four kinds of tensor (``TENSORS``: the output, the gradient wrt the output,
+each parameter and each parameter's gradient) are reduced to, per format of ``FORMATS`` and per
+``SCALINGS`` ("none": as it is, gradients times ``loss_scale``; "tensor": times the power of two 2^k
+that brings its amax closest below the format's max, as delayed or current scaling would choose it):
+amax, the fractions of its nonzero entries that a round-to-nearest cast flushes to zero, makes
+subnormal, or overflows (inf, NaN, or clipped to max by a saturating cast such as torch's
+float8_e4m3fn), and the headroom log2(max / amax) in bits. The result is a long frame
+(``COLUMNS``), in ``frame.attrs["precision"]`` of ``trace(model, x, statistics="precision")``.
+
+Limits come from ``torch.finfo`` (max, smallest normal, bits); the mantissa width from bits and the
+exponent range (finfo's eps for float8_e5m2fnuz is 0.125, not the 0.25 its two mantissa bits give), and
+how ties round at each boundary from a cast of the boundary itself. Counting is exact: the float32 bit
+patterns of |x| are ordered as |x| is, so "|x| < t" is "bits < key(t)"; a per-tensor scale is a power of
+two, so x·2^k crosses a boundary exactly where x crosses boundary·2^-k. A float64 tensor is measured
+as float32 (the cast it would take on its way down).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from initcore.probe import reduce
+from initcore.probe.select import Selection, first_tensor, points
+
+# Formats measured, where this torch has them (float8_e8m0fnu, a scale format without zero, is not one).
+KNOWN_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+FORMATS = tuple(name for name in KNOWN_FORMATS if hasattr(torch, name))
+SCALINGS = ("none", "tensor")
+TENSORS = ("output", "output_grad", "weight", "weight_grad")  # weight: any parameter (see "param")
+COLUMNS = ("module", "kind", "layer", "tensor", "param", "format", "scaling", "scale", "n", "nonzero", "amax",
+           "mean", "std", "flushed", "subnormal", "overflow", "headroom_bits")
+_MASK = 0x7FFFFFFF  # float32 bits without the sign
+_HOST = True  # tests switch it off to run, on a CPU, the torch path every other device takes
+_QUIET = torch._C.DisableTorchFunction()  # as in tracing: skip the attention watch inside hooks
+
+
+@dataclass(frozen=True)
+class Format:
+    """A format's limits (from ``torch.finfo``) and its rounding boundaries as float32 bit keys of |x|."""
+
+    name: str
+    dtype: torch.dtype
+    max: float
+    tiny: float  # smallest normal
+    smallest: float  # smallest subnormal
+    flush: tuple[float, bool]  # (boundary, inclusive): |x| below it (or at it) becomes 0
+    normal: tuple[float, bool]  # |x| below it (or at it) becomes subnormal
+    overflow: tuple[float, bool]  # |x| above it (or at it) overflows
+
+    def keys(self, shift: float) -> tuple[int, int, int]:
+        """Keys K (count of |x|·shift ... as ``bits(|x|) < K``) of the flush, subnormal and overflow
+        boundaries for a tensor that is multiplied by ``shift`` before the cast."""
+        (f, f_in), (s, s_in), (o, o_in) = self.flush, self.normal, self.overflow
+        return (_key(f / shift, f_in), _key(s / shift, s_in), _key(o / shift, not o_in))
+
+
+def _key(t: float, inclusive: bool) -> int:
+    """K with: for a float32 y >= 0, y < t (``inclusive``: y <= t) exactly when bits(y) < K."""
+    t32 = np.float32(t) if t < 3.5e38 else np.float32(np.inf)
+    if inclusive:
+        if float(t32) > t:
+            t32 = np.nextafter(t32, np.float32(0))
+        return int(t32.view(np.uint32)) + 1
+    if float(t32) < t:
+        t32 = np.nextafter(t32, np.float32(np.inf))
+    return int(t32.view(np.uint32))
+
+
+def _cast(v: float, dtype: torch.dtype) -> float:
+    return float(torch.tensor([v], dtype=torch.float32).to(dtype).float())
+
+
+def _overflows(v: float, dtype: torch.dtype, top: float) -> bool:
+    """Whether a cast of v rounds beyond max: inf or NaN, or (a saturating cast) what v/2 rounds to, doubled."""
+    return not math.isfinite(_cast(v, dtype)) or abs(_cast(v / 2, dtype)) * 2 > top
+
+
+@cache
+def format_of(dtype: str | torch.dtype) -> Format:
+    """The ``Format`` of a dtype or its name (``"float8_e4m3fn"``, ``"torch.float16"``).
+
+    Raises:
+        ValueError: a name that is no format, or a format this torch does not have; the message lists ``FORMATS``.
+    """
+    name = str(dtype).removeprefix("torch.")
+    if name not in KNOWN_FORMATS:
+        raise ValueError(f"unknown format {str(dtype)!r}; valid: {', '.join(FORMATS)}")
+    if name not in FORMATS:
+        raise ValueError(f"torch {torch.__version__} has no {name}; valid here: {', '.join(FORMATS)}")
+    dt = getattr(torch, name)
+    info = torch.finfo(dt)
+    top, tiny = float(info.max), float(info.smallest_normal)
+    e_max, e_min = math.floor(math.log2(top)), round(math.log2(tiny))
+    exponent_bits = math.ceil(math.log2(e_max - e_min + 2))  # normal exponents, the subnormal code, inf/NaN
+    mantissa = info.bits - 1 - exponent_bits
+    smallest = tiny * 2.0**-mantissa
+    f, s, o = smallest / 2, tiny - smallest / 2, top + 2.0 ** (e_max - mantissa) / 2  # midpoints
+    return Format(name, dt, top, tiny, smallest,
+                  flush=(f, _cast(f, dt) == 0), normal=(s, _cast(s, dt) != tiny),
+                  overflow=(o, _overflows(o, dt, top)))
+
+
+def formats_of(formats: str | torch.dtype | Iterable[str | torch.dtype] | None) -> tuple[Format, ...]:
+    """``Format``s of a dtype, a name, several, or None (all of ``FORMATS``)."""
+    if formats is None:
+        formats = FORMATS
+    elif isinstance(formats, (str, torch.dtype)):
+        formats = (formats,)
+    found = tuple(format_of(f) for f in formats)
+    if not found:
+        raise ValueError(f"no format given; valid: {', '.join(FORMATS)}")
+    return found
+
+
+def check_loss_scale(loss_scale: float) -> float:
+    if not (isinstance(loss_scale, (int, float)) and math.isfinite(loss_scale) and loss_scale > 0):
+        raise ValueError(f"loss_scale must be a positive finite number (1: none; a power of two such as 65536 "
+                         f"keeps the counts exact), got {loss_scale!r}")
+    return float(loss_scale)
+
+
+def _exponent(amax: float, fmt: Format) -> int:
+    """k of the per-tensor scale 2^k: the largest with amax·2^k <= max (0 for a zero or non-finite amax),
+    within [-126, 127], where 2^k is a normal float32 (a scale for bfloat16 would pass it)."""
+    if not (amax > 0 and math.isfinite(amax)):
+        return 0
+    return min(max(math.floor(math.log2(fmt.max / amax)), _K[0]), _K[1])
+
+
+_K = (-126, 127)
+
+
+def _float32(f: torch.Tensor) -> torch.Tensor:
+    return f if f.dtype == torch.float32 else f.float()
+
+
+def host_counts(f: torch.Tensor, fmts: Sequence[Format], factor: float) -> list[float]:
+    """numpy: [n, nonzero, amax, mean, std] then per format [k, 3 counts unscaled, 3 counts scaled]
+    (counts: entries with bits(|x|) below each ``Format.keys``); boundaries outside [min, max] of the
+    nonzero |x| cost no pass."""
+    f = _float32(f)
+    ab = f.numpy().view(np.uint32) & np.uint32(_MASK)
+    n = ab.size
+    nonzero = int(np.count_nonzero(ab))
+    top = int(ab.max()) if n else 0
+    low = int((ab - np.uint32(1)).min()) + 1 if n else 1  # zeros wrap to 2^32 - 1: the smallest nonzero bits
+    moments, centred, _ = reduce.moments(f, True)
+    mean, _, std = reduce.decode_moments(*moments, n, centred)
+    amax = float(np.uint32(top).view(np.float32))
+    values = [float(n), float(nonzero), amax, mean, std]
+
+    def below(key: int) -> int:
+        if key <= low:
+            return n - nonzero
+        if key > top:
+            return n
+        return int(np.count_nonzero(ab < key))
+
+    for fmt in fmts:
+        k = _exponent(amax, fmt)
+        values += [float(k), *(float(below(key)) for key in fmt.keys(factor)),
+                   *(float(below(key)) for key in fmt.keys(2.0**k))]
+    return values
+
+
+def device_counts(f: torch.Tensor, fmts: Sequence[Format], factor: float) -> torch.Tensor:
+    """torch, on the tensor's device, no sync: what ``host_counts`` gives, as one float64 tensor.
+
+    The scaled tensor is x·2^k itself, compared with the unshifted keys (the direct route ``host_counts``
+    shortcuts)."""
+    f = _float32(f)
+    ab = f.view(torch.int32) & _MASK
+    n = f.numel()
+    amax = ab.max().view(torch.float32) if n else torch.zeros((), device=f.device)
+    moments, centred, _ = reduce.moments(f, False)
+    mean = moments[0].double()
+    std = (moments[1].double() / (n - 1)).sqrt() if n > 1 else torch.tensor(math.nan, device=f.device)
+    parts = [torch.tensor(float(n), device=f.device, dtype=torch.float64), torch.count_nonzero(ab).double(),
+             amax.double(), mean, std]
+    for fmt in fmts:
+        a = amax.double()
+        ok = (a > 0) & torch.isfinite(a)
+        k = torch.where(ok, torch.floor(torch.log2(fmt.max / torch.where(ok, a, 1.0))), 0.0).clamp(*_K)
+        scaled = (f * torch.exp2(k).float()).view(torch.int32) & _MASK
+        parts += [k.double(), *((ab < key).sum().double() for key in fmt.keys(factor)),
+                  *((scaled < key).sum().double() for key in fmt.keys(1.0))]
+    return torch.stack(parts)
+
+
+def counts(f: torch.Tensor, fmts: Sequence[Format], factor: float = 1.0) -> list[float] | torch.Tensor:
+    """``host_counts`` on a CPU (unless switched off), ``device_counts`` elsewhere."""
+    f = reduce.flat(f)
+    return host_counts(f, fmts, factor) if f.device.type == "cpu" and _HOST else device_counts(f, fmts, factor)
+
+
+def decode(values: Sequence[float], fmts: Sequence[Format], factor: float) -> list[dict]:
+    """``counts``' numbers -> a record per format and scaling (``COLUMNS`` from "format" on)."""
+    n, nonzero, amax, mean, std = values[:5]
+    zeros = n - nonzero
+    records = []
+    for i, fmt in enumerate(fmts):
+        k, *c = values[5 + 7 * i: 12 + 7 * i]
+        for scaling, scale, (flushed, subnormal, normal) in (("none", factor, c[:3]), ("tensor", 2.0**k, c[3:])):
+            cast_amax = amax * scale
+            records.append({"format": fmt.name, "scaling": scaling, "scale": scale, "n": n, "nonzero": nonzero,
+                            "amax": cast_amax, "mean": mean * scale, "std": std * scale,
+                            "flushed": _share(flushed - zeros, nonzero),
+                            "subnormal": _share(subnormal - flushed, nonzero), "overflow": _share(n - normal, nonzero),
+                            "headroom_bits": math.log2(fmt.max / cast_amax) if cast_amax > 0 else math.inf})
+    return records
+
+
+def _share(count: float, nonzero: float) -> float:
+    return count / nonzero if nonzero else math.nan  # of no nonzero entry: undefined
+
+
+def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *,
+          formats: str | torch.dtype | Iterable | None = None, loss_scale: float = 1.0, select: Selection = None,
+          statistics: str | Iterable[str] = "all", train: bool | None = False, unpack: bool = True,
+          **kwargs) -> pd.DataFrame:
+    """``probe.trace`` (with ``statistics``), and in the same pass the precision table of every row:
+    ``frame.attrs["precision"]``, a long frame of ``COLUMNS`` (see the module docstring).
+
+    Args:
+        formats: a format, several, or None: all of ``FORMATS``.
+        loss_scale: what gradients are multiplied by before their unscaled cast (> 0; a power of two
+            keeps the counts exact).
+        the rest: as ``probe.trace``.
+
+    Raises:
+        ValueError: an unknown format, one this torch lacks, a non-positive loss scale; or what
+            ``probe.trace`` raises.
+    """
+    from initcore.probe import tracing
+
+    fmts, factor = formats_of(formats), check_loss_scale(loss_scale)
+    if statistics == "precision":  # tracing's preset: every statistic, and this table
+        statistics = "all"
+    chosen = points(model, select)
+    found: list[tuple[tuple, float, list | torch.Tensor]] = []  # (ids, factor, counts)
+    calls: dict[int, int] = {}
+    handles = []
+
+    def hook(point):
+        def on_output(module, args, output):
+            with _QUIET:
+                out = first_tensor(output, point.output) if unpack or isinstance(output, torch.Tensor) else None
+                if out is None or not out.is_floating_point():
+                    return
+                k = calls.get(id(point), 0)
+                calls[id(point)] = k + 1
+                ids = (f"{point.name}#{k}" if k else point.name, point.kind, point.layer)
+                found.append(((*ids, "output", ""), 1.0, counts(out, fmts)))
+                if out.requires_grad:
+                    out.register_hook(lambda g: found.append(((*ids, "output_grad", ""), factor,
+                                                              counts(g, fmts, factor))))
+        return on_output
+
+    try:
+        handles = [p.module.register_forward_hook(hook(p)) for p in chosen]
+        frame = tracing.trace(model, inputs, loss, select=select, statistics=statistics, train=train,
+                              unpack=unpack, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    names = {id(p): n for n, p in model.named_parameters()}
+    owner: dict[int, int] = {}  # each parameter once, on the innermost row that holds it
+    for i, point in sorted(enumerate(chosen), key=lambda t: -len(t[1].module_name)):
+        for p in point.params:
+            owner.setdefault(id(p), i)
+    with torch.no_grad():
+        for i, point in enumerate(chosen):
+            prefix = point.module_name + "." if point.module_name else ""
+            for p in point.params:
+                if owner[id(p)] != i:
+                    continue
+                ids = (point.name, point.kind, point.layer)
+                param = names.get(id(p), "").removeprefix(prefix)
+                found.append(((*ids, "weight", param), 1.0, counts(p, fmts)))
+                if p.grad is not None:
+                    found.append(((*ids, "weight_grad", param), factor, counts(p.grad, fmts, factor)))
+    frame.attrs["precision"] = _table(found, fmts)
+    return frame
+
+
+def _table(found: list, fmts: Sequence[Format]) -> pd.DataFrame:
+    on_device = [v for _, _, v in found if isinstance(v, torch.Tensor)]
+    host = iter(torch.stack([v.cpu() for v in on_device]).tolist() if on_device else [])  # one copy per device
+    rows = []
+    for ids, factor, values in found:
+        values = next(host) if isinstance(values, torch.Tensor) else values
+        rows += [dict(zip(COLUMNS[:5], ids, strict=True)) | r for r in decode(values, fmts, factor)]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+__all__ = ["COLUMNS", "FORMATS", "KNOWN_FORMATS", "SCALINGS", "TENSORS", "Format", "check_loss_scale", "counts",
+           "decode", "format_of", "formats_of", "trace"]
