@@ -65,6 +65,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
                 "inf_count", "preact_mean", "preact_std", *attn.ATTENTION_STATISTICS),
     "lean": ("act_mean", "act_std", "act_rms"),
 }
+PRESETS["precision"] = PRESETS["all"]  # and frame.attrs["precision"]: initcore.probe.precision
 
 _HOST_REDUCTIONS = True  # tests switch it off to run, on a CPU, the path every other device takes
 # Inside the hooks, torch functions skip the attention watch's TorchFunctionMode: ~10 tensor calls per
@@ -281,7 +282,8 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
             tensor of what the model returns (a Hugging Face output's ``logits``, or its ``loss`` if it has one).
         select: which modules are rows; see ``initcore.probe.select`` (default: the declarations, else
             every module owning parameters and every activation module).
-        statistics: a preset (``PRESETS``: "all", "forward", "lean") or names of ``STATISTICS``; the
+        statistics: a preset (``PRESETS``: "all", "forward", "lean", "precision": "all" and the table of
+            ``initcore.probe.precision`` in ``frame.attrs["precision"]``) or names of ``STATISTICS``; the
             hooks take only what these need.
         train: trace in training mode (True), eval mode (False), or as the model is (None).
         unpack: measure the first floating tensor of a tuple, list, dict or dataclass output; False
@@ -297,6 +299,10 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
     >>> trace(MLP(4, 4, 2), torch.randn(3, 4))[["module", "kind", "layer"]].values.tolist()
     [['layers.0', 'linear', 0], ['layers.1', 'linear', 1]]
     """
+    if isinstance(statistics, str) and statistics == "precision":  # every statistic, and the precision table
+        from initcore.probe import precision
+        return precision.trace(model, inputs, loss, select=select, train=train, unpack=unpack,
+                               keep_outputs=keep_outputs, reference=reference)
     loss_fn = _loss_fn(loss)
     wanted = statistics_of(statistics) | ({"act_change_rms"} if reference is not None else set())
     if loss_fn is None:
