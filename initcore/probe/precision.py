@@ -36,7 +36,7 @@ from initcore.probe.select import Selection, first_tensor, points
 KNOWN_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
 FORMATS = tuple(name for name in KNOWN_FORMATS if hasattr(torch, name))
 SCALINGS = ("none", "tensor")
-TENSORS = ("output", "output_grad", "weight", "weight_grad")  # weight: any parameter (see "param")
+TENSORS = ("output", "output_grad", "weight", "weight_grad")  # weight: any parameter, named in "param"
 COLUMNS = ("module", "kind", "layer", "tensor", "param", "format", "scaling", "scale", "n", "nonzero", "amax",
            "mean", "std", "flushed", "subnormal", "overflow", "headroom_bits")
 _MASK = 0x7FFFFFFF  # float32 bits without the sign
@@ -154,7 +154,8 @@ def host_counts(f: torch.Tensor, fmts: Sequence[Format], factor: float) -> list[
     nonzero = int(np.count_nonzero(ab))
     top = int(ab.max()) if n else 0
     low = int((ab - np.uint32(1)).min()) + 1 if n else 1  # zeros wrap to 2^32 - 1: the smallest nonzero bits
-    moments, centred, _ = reduce.moments(f, True)
+    with np.errstate(all="ignore"):  # a sum of squares past float32's range is inf, as in torch
+        moments, centred, _ = reduce.moments(f, True)
     mean, _, std = reduce.decode_moments(*moments, n, centred)
     amax = float(np.uint32(top).view(np.float32))
     values = [float(n), float(nonzero), amax, mean, std]
@@ -280,12 +281,11 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *,
             owner.setdefault(id(p), i)
     with torch.no_grad():
         for i, point in enumerate(chosen):
-            prefix = point.module_name + "." if point.module_name else ""
             for p in point.params:
                 if owner[id(p)] != i:
                     continue
                 ids = (point.name, point.kind, point.layer)
-                param = names.get(id(p), "").removeprefix(prefix)
+                param = names.get(id(p), "")
                 found.append(((*ids, "weight", param), 1.0, counts(p, fmts)))
                 if p.grad is not None:
                     found.append(((*ids, "weight_grad", param), factor, counts(p.grad, fmts, factor)))

@@ -1,0 +1,127 @@
+"""initcore.probe.precision: the fractions are those of a direct cast, on the host and the device path."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from initcore import probe
+from initcore.models import MLP
+from initcore.probe import precision
+
+
+def _boundaries(fmt: precision.Format) -> torch.Tensor:
+    """Each rounding boundary of ``fmt`` and its two float32 neighbours: where ties are decided."""
+    values = []
+    for t, _ in (fmt.flush, fmt.normal, fmt.overflow):
+        t32 = np.float32(t)
+        values += [t32, np.nextafter(t32, np.float32(0)), np.nextafter(t32, np.float32(np.inf))]
+    return torch.tensor(np.array(values, dtype=np.float32))
+
+
+def _tensors(seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    normal = [torch.randn(4096, generator=g) * s for s in (1e-9, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6)]
+    # |x| = 2^u, u uniform over float32's whole range: every region of every format, subnormals of float32 too
+    spread = torch.exp2(torch.rand(1 << 16, generator=g, dtype=torch.float64) * 270 - 145).float()
+    spread *= torch.randint(0, 2, spread.shape, generator=g) * 2 - 1
+    spread[::97] = 0
+    bounds = torch.cat([_boundaries(precision.format_of(name)) for name in precision.FORMATS])
+    return [*normal, spread, torch.cat([bounds, -bounds, torch.zeros(3)])]
+
+
+def _cast_fractions(x: torch.Tensor, scale: float, fmt: precision.Format) -> tuple[float, float, float]:
+    """flushed, subnormal, overflow fractions of x's nonzero entries, by casting x·scale to the format."""
+    y = x * scale
+    c = y.to(fmt.dtype).float()
+    # a saturating cast (torch's float8_e4m3fn) clips to max: what y/2 rounds to, doubled, exceeds max then
+    over = ~torch.isfinite(c) | ((y / 2).to(fmt.dtype).float().abs() * 2 > fmt.max)
+    nz = x != 0
+    n = nz.sum().item()
+    return (((c == 0) & nz).sum().item() / n, ((c != 0) & (c.abs() < fmt.tiny)).sum().item() / n,
+            (over & nz).sum().item() / n)
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["numpy", "torch"])
+@pytest.mark.parametrize("name", precision.FORMATS)
+@pytest.mark.parametrize("factor", [1.0, 1024.0, 2.0**-20], ids=["unscaled", "loss-scale-1024", "scale-2^-20"])
+def test_fractions_equal_a_direct_cast(name: str, host: bool, factor: float, monkeypatch) -> None:
+    monkeypatch.setattr(precision, "_HOST", host)
+    fmt = precision.format_of(name)
+    for x in _tensors(0):
+        records = precision.decode(precision.counts(x, [fmt], factor), [fmt], factor)
+        assert [r["scaling"] for r in records] == ["none", "tensor"]
+        for r in records:
+            expected = _cast_fractions(x, r["scale"], fmt)  # exact: the counts are of the same entries
+            assert (r["flushed"], r["subnormal"], r["overflow"]) == expected, (name, r["scaling"], x.abs().max())
+            amax = x.abs().max().item() * r["scale"]
+            assert r["amax"] == amax
+            assert r["headroom_bits"] == pytest.approx(math.log2(fmt.max / amax), rel=1e-9, abs=1e-12)  # float64
+        scaled = records[1]
+        if 2.0**-126 <= fmt.max / x.abs().max().item() < 2.0**128:  # a scale 2^k in float32's normal range reaches it
+            assert 0 <= scaled["headroom_bits"] < 1 and scaled["overflow"] == 0
+
+
+def test_limits_are_torch_finfo() -> None:
+    for name in precision.FORMATS:
+        fmt, info = precision.format_of(name), torch.finfo(getattr(torch, name))
+        assert (fmt.max, fmt.tiny) == (info.max, info.smallest_normal)
+        # the smallest subnormal is the smallest value a cast keeps, and half of it is lost
+        assert precision._cast(fmt.smallest, fmt.dtype) == fmt.smallest
+        assert precision._cast(fmt.smallest * 0.75, fmt.dtype) == fmt.smallest
+        assert precision._cast(fmt.smallest / 2, fmt.dtype) == 0
+
+
+def test_bad_input_lists_what_is_valid(monkeypatch) -> None:
+    with pytest.raises(ValueError, match=r"unknown format 'float9'; valid: float16, bfloat16, float8_e4m3fn"):
+        precision.format_of("float9")
+    monkeypatch.setattr(precision, "FORMATS", ("float16", "bfloat16"))
+    precision.format_of.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"torch .* has no float8_e5m2; valid here: float16, bfloat16$"):
+            precision.format_of("float8_e5m2")
+    finally:
+        precision.format_of.cache_clear()
+    for bad in (0, -1.0, math.nan, math.inf, "1024"):
+        with pytest.raises(ValueError, match="loss_scale must be a positive finite number"):
+            precision.trace(MLP(4, 4, 2), torch.randn(2, 4), loss_scale=bad)
+
+
+def test_trace_measures_every_tensor_of_each_row() -> None:
+    torch.manual_seed(0)
+    model, x = MLP(16, 32, 3), torch.randn(8, 16)
+    frame = probe.trace(model, x, statistics="precision", keep_outputs=True)
+    table = frame.attrs["precision"]
+    assert "precision" not in probe.trace(model, x).attrs  # only when asked
+    assert list(table.columns) == list(precision.COLUMNS)
+    assert set(table["tensor"]) == set(precision.TENSORS)
+    params = sum(len(point.params) for point in probe.points(model))  # an MLP row's: its weight (no bias)
+    tensors = 3 * 2 + 2 * params  # each row's output and its gradient; each parameter and its gradient
+    assert len(table) == tensors * len(precision.FORMATS) * len(precision.SCALINGS)
+    unscaled = table[(table["scaling"] == "none") & (table["format"] == "float16")].set_index(["module", "tensor",
+                                                                                                "param"])
+    outputs = frame.attrs["outputs"]
+    for i, layer in enumerate(model.layers):
+        name = f"layers.{i}"
+        assert unscaled.loc[(name, "output", ""), "amax"] == outputs[name].abs().max().item()
+        assert unscaled.loc[(name, "weight", f"{name}.weight"), "amax"] == layer.weight.abs().max().item()
+        assert unscaled.loc[(name, "weight_grad", f"{name}.weight"), "amax"] == layer.weight.grad.abs().max().item()
+    # the same float32 moments as the trace's (reduce.moments): equal but for the order of float32 sums
+    assert unscaled.loc[("layers.0", "output", ""), "std"] == pytest.approx(frame.loc[0, "act_std"], rel=1e-6)
+    scaled = precision.trace(model, x, loss_scale=1024.0, formats="float16").attrs["precision"]
+    grads = scaled[(scaled["tensor"] == "weight_grad") & (scaled["scaling"] == "none")]
+    assert (grads["scale"] == 1024.0).all()
+    assert grads["amax"].tolist() == (1024 * unscaled.xs("weight_grad", level="tensor")["amax"]).tolist()
+
+
+def test_a_parameter_is_measured_once_on_its_innermost_row() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+    table = precision.trace(model, torch.randn(2, 4), select=lambda n, m: n in ("0", "1", "1.0"),
+                            formats="bfloat16").attrs["precision"]
+    weights = table[(table["tensor"] == "weight") & (table["scaling"] == "none")]
+    assert sorted(zip(weights["module"], weights["param"], strict=True)) == [
+        ("0", "0.bias"), ("0", "0.weight"), ("1.0", "1.0.bias"), ("1.0", "1.0.weight")]
