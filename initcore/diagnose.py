@@ -472,14 +472,19 @@ def verdict(findings: pd.DataFrame, health: pd.DataFrame | None = None) -> str:
     ``explain_health`` table, whose flags by design do not count against it."""
     unexplained = health[health["symptom"]] if health is not None else None
     by_design = int((~health["healthy"] & ~health["symptom"]).sum()) if health is not None else 0
-    design = f"; {by_design} layers the notebook's rules flag are no symptom (why: below)" if by_design else ""
+    design = f"; {_count(by_design, 'layer')} the notebook's rules flag are no symptom (why: below)" if by_design \
+        else ""
     if findings.empty and (unexplained is None or unexplained.empty):
         checked = ", ".join([*SYMPTOMS, *(["the notebook's rules"] if health is not None else [])])
         return f"healthy: no symptom found (checked: {checked}){design}"
-    parts = [f"{len(findings)} symptoms ({', '.join(findings['symptom'])})"] if len(findings) else []
+    parts = [f"{_count(len(findings), 'symptom')} ({', '.join(findings['symptom'])})"] if len(findings) else []
     if unexplained is not None and len(unexplained):
-        parts.append(f"{len(unexplained)} layers the notebook's rules flag ({_names(unexplained['module'])})")
+        parts.append(f"{_count(len(unexplained), 'layer')} the notebook's rules flag ({_names(unexplained['module'])})")
     return f"not healthy: {' and '.join(parts)}{design}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _names(modules) -> str:

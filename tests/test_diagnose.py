@@ -426,7 +426,7 @@ def test_poor_variance_inside_a_residual_block_is_by_design_and_outside_one_a_sy
     assert flagged.loc["head", "symptom"] and "std 0.05 outside 0.1..10, on a layer" in flagged.loc["head", "why"]
     assert flagged.loc["h.0.c_fc", "why"] == "" and not flagged.loc["h.0.c_fc", "symptom"]
     assert D.verdict(D.diagnose(frame), table) == (
-        "not healthy: 1 layers the notebook's rules flag (head); 2 layers the notebook's rules flag are no symptom "
+        "not healthy: 1 layer the notebook's rules flag (head); 2 layers the notebook's rules flag are no symptom "
         "(why: below)")
 
 
@@ -449,7 +449,7 @@ def test_a_branch_of_a_block_a_symptom_names_stays_a_symptom():
     table = D.explain_health(_health_of(frame), frame, findings).set_index("module")
     assert table.loc["h.1.c_proj", "symptom"] and not table.loc["h.0.c_proj", "symptom"]
     assert D.verdict(findings, table.reset_index()).startswith(
-        "not healthy: 1 symptoms (vanishing_gradients) and 2 layers the notebook's rules flag (h.1.c_proj, head)")
+        "not healthy: 1 symptom (vanishing_gradients) and 2 layers the notebook's rules flag (h.1.c_proj, head)")
 
 
 def test_a_mean_that_is_a_small_share_of_the_std_is_no_symptom():
@@ -459,4 +459,4 @@ def test_a_mean_that_is_a_small_share_of_the_std_is_no_symptom():
     table = D.explain_health(D.health_table(stats(module=["a", "b"], mean=[-0.105, 0.5], std=[1.43, 1.0])), frame)
     assert table["symptom"].tolist() == [False, True]
     assert table["why"][0] == "not a symptom: |mean| 0.105 is 0.073 of the std 1.43, 0.5% of the second moment"
-    assert D.verdict(D.diagnose(frame), table).startswith("not healthy: 1 layers the notebook's rules flag (b)")
+    assert D.verdict(D.diagnose(frame), table).startswith("not healthy: 1 layer the notebook's rules flag (b)")
