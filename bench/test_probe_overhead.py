@@ -12,6 +12,10 @@ The model is the notebook's depth experiment (``experiments.DEPTH_MLP`` with Xav
   declared rows, one host copy;
 - ``lean``: ``probe.trace(..., statistics="lean")``: each output's mean, std and rms and nothing of the
   backward pass (which still runs): the documented cheap selection (target: <= 1.10 x bare on CPU);
+- ``precision``: ``probe.trace(..., statistics="precision")``: every statistic and the precision table
+  (``initcore.probe.precision``: six formats, unscaled and per-tensor scaled, of each output, output
+  gradient, weight and weight gradient); its ratio to ``trace`` in the same run is its cost (issue 21's
+  target: <= 1.15);
 - ``notebook``: ``analyze_initialization_impact``'s loop, which clones every activation and calls
   ``.item()`` per number.
 
@@ -39,7 +43,7 @@ from initcore.timing import synchronize
 RUN = MLPRun(DEPTH_MLP, DEPTH_INITS["xavier"], batch=64)  # MLP 512 -> 512 x 10, tanh, Xavier uniform
 ROUNDS, WARMUP = 20, 3
 PAIRS = 80  # ~3 s a contender on a CPU; see the module docstring
-CONTENDERS = ("bare", "hooks", "trace", "lean", "notebook")
+CONTENDERS = ("bare", "hooks", "trace", "lean", "precision", "notebook")
 
 
 def bare(model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -78,6 +82,10 @@ def lean(model: torch.nn.Module, x: torch.Tensor) -> pd.DataFrame:
     return probe.trace(model, x, statistics="lean")
 
 
+def precision(model: torch.nn.Module, x: torch.Tensor) -> pd.DataFrame:
+    return probe.trace(model, x, statistics="precision")
+
+
 def notebook(model: torch.nn.Module, x: torch.Tensor) -> list[dict[str, float]]:
     """The reference notebook's analyze_initialization_impact, on ``model``'s layers, as it was written."""
     activations = []
@@ -100,7 +108,8 @@ def notebook(model: torch.nn.Module, x: torch.Tensor) -> list[dict[str, float]]:
     return stats
 
 
-FUNCTIONS = {"bare": bare, "hooks": hooks, "trace": traced, "lean": lean, "notebook": notebook}
+FUNCTIONS = {"bare": bare, "hooks": hooks, "trace": traced, "lean": lean, "precision": precision,
+             "notebook": notebook}
 
 
 @pytest.fixture
@@ -148,6 +157,11 @@ def test_probe_overhead(benchmark, contender: str, device: str, model_and_input,
     summary_line(f"probe overhead, {contender} / bare forward+backward on {device}: {ratio:.3f} "
                  f"({median * 1e3:.2f} ms / {bare_median * 1e3:.2f} ms, median of {PAIRS} back-to-back pairs, "
                  f"{torch.get_num_threads()} threads)")
+    if contender == "precision":  # what the table adds to a trace, timed against one in the same run
+        ratio, median, trace_median = _paired_ratio(run, _synced(traced, model, x, device), PAIRS)
+        benchmark.extra_info.update({"ratio_to_trace": ratio})
+        summary_line(f"probe overhead, precision / trace on {device}: {ratio:.3f} ({median * 1e3:.2f} ms / "
+                     f"{trace_median * 1e3:.2f} ms, median of {PAIRS} back-to-back pairs)")
 
 
 def test_contenders_measure_the_same_pass(device: str, model_and_input) -> None:

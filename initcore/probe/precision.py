@@ -57,6 +57,7 @@ class Format:
     normal: tuple[float, bool]  # |x| below it (or at it) becomes subnormal
     overflow: tuple[float, bool]  # |x| above it (or at it) overflows
 
+    @cache  # noqa: B019 (a handful of formats, each with a few shifts, live as long as the module)
     def keys(self, shift: float) -> tuple[int, int, int]:
         """Keys K (count of |x|·shift ... as ``bits(|x|) < K``) of the flush, subnormal and overflow
         boundaries for a tensor that is multiplied by ``shift`` before the cast."""
@@ -144,19 +145,50 @@ def _float32(f: torch.Tensor) -> torch.Tensor:
     return f if f.dtype == torch.float32 else f.float()
 
 
+_BUFFERS: list[np.ndarray] = [np.empty(0, np.uint32), np.empty(0, bool)]
+
+
+def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Buffers of n bits and n flags, reused across tensors: a fresh megabyte a tensor costs its page
+    faults each time (a third of the reduction of a 512 x 512 weight on a busy CPU, measured)."""
+    if _BUFFERS[0].size < n:
+        _BUFFERS[:] = [np.empty(n, np.uint32), np.empty(n, bool)]
+    return _BUFFERS[0][:n], _BUFFERS[1][:n]
+
+
+def _host_moments(a: np.ndarray) -> tuple[float, float]:
+    """mean and unbiased std: numpy's pairwise float32 sum and BLAS dots (``reduce.moments`` sums large
+    tensors with torch, whose thread pool stalls for milliseconds when called from inside a pass on a busy
+    CPU: 24 ms on a 512 x 512 weight, measured); two passes where one would lose digits."""
+    n = a.size
+    if n == 0:
+        return math.nan, math.nan
+    with np.errstate(all="ignore"):  # past float32's range: inf and NaN, as in torch
+        total = float(a.sum(dtype=np.float32))
+        squares = reduce._host_squares(a)
+        if not (math.isfinite(squares) and 2 * total * total <= n * squares):
+            squares = reduce._host_squares(a - np.float32(total / n))
+            total_dev = 0.0
+        else:
+            total_dev = total * total / n
+    return total / n, reduce.sqrt(max(squares - total_dev, 0.0) / (n - 1)) if n > 1 else math.nan
+
+
 def host_counts(f: torch.Tensor, fmts: Sequence[Format], factor: float) -> list[float]:
     """numpy: [n, nonzero, amax, mean, std] then per format [k, 3 counts unscaled, 3 counts scaled]
     (counts: entries with bits(|x|) below each ``Format.keys``); boundaries outside [min, max] of the
     nonzero |x| cost no pass."""
     f = _float32(f)
-    ab = f.numpy().view(np.uint32) & np.uint32(_MASK)
-    n = ab.size
+    n = f.numel()
+    ab, less = _scratch(n)
+    np.bitwise_and(f.numpy().view(np.uint32), np.uint32(_MASK), out=ab)
     nonzero = int(np.count_nonzero(ab))
     top = int(ab.max()) if n else 0
-    low = int((ab - np.uint32(1)).min()) + 1 if n else 1  # zeros wrap to 2^32 - 1: the smallest nonzero bits
-    with np.errstate(all="ignore"):  # a sum of squares past float32's range is inf, as in torch
-        moments, centred, _ = reduce.moments(f, True)
-    mean, _, std = reduce.decode_moments(*moments, n, centred)
+    if nonzero == n:  # the smallest nonzero bits, with no pass to mask zeros out where there are none
+        low = int(ab.min()) if n else 1
+    else:
+        low = int(np.min(ab, where=ab != 0, initial=np.uint32(0xFFFFFFFF))) + (nonzero == 0)
+    mean, std = _host_moments(f.numpy())
     amax = float(np.uint32(top).view(np.float32))
     values = [float(n), float(nonzero), amax, mean, std]
 
@@ -165,7 +197,7 @@ def host_counts(f: torch.Tensor, fmts: Sequence[Format], factor: float) -> list[
             return n - nonzero
         if key > top:
             return n
-        return int(np.count_nonzero(ab < key))
+        return int(np.count_nonzero(np.less(ab, key, out=less)))
 
     for fmt in fmts:
         k = _exponent(amax, fmt)
