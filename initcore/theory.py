@@ -26,6 +26,9 @@ __all__ = [
     "backward_ratio",
     "chi",
     "forward_ratio",
+    "gaussian_abs_above",
+    "gaussian_abs_below",
+    "gaussian_cast_fractions",
     "gaussian_expectation",
     "mlp_gradient_ratio",
     "mlp_mean_field",
@@ -489,3 +492,40 @@ def residual_variance(
     if np.any(v < 0) or not input_variance >= 0:
         raise ValueError("variances must be >= 0")
     return float(input_variance) + np.cumsum(v)
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision: what a cast to a narrow format loses of a Gaussian tensor (initcore.probe.precision)
+# --------------------------------------------------------------------------------------------------
+
+
+def gaussian_abs_above(t, sigma, mean=0.0) -> np.ndarray:
+    """P(|X| > t) for X ~ N(mean, sigma²): Φ((-t - mean)/σ) + Φ((mean - t)/σ); erfc(t / (σ√2)) at mean 0.
+
+    >>> round(float(gaussian_abs_above(1.0, 1.0)), 6)
+    0.317311
+    """
+    t, sigma, mean = _as_float(t), _as_float(sigma), _as_float(mean)
+    if np.any(sigma <= 0):
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    return normal_cdf((-t - mean) / sigma) + normal_cdf((mean - t) / sigma)
+
+
+def gaussian_abs_below(t, sigma, mean=0.0) -> np.ndarray:
+    """P(|X| < t) for X ~ N(mean, sigma²): erf(t / (σ√2)) at mean 0, the fraction a cast flushes below t.
+
+    >>> round(float(gaussian_abs_below(1.0, 1.0)), 6)
+    0.682689
+    """
+    return 1.0 - gaussian_abs_above(t, sigma, mean)
+
+
+def gaussian_cast_fractions(sigma, mean, flush: float, normal: float, overflow: float) -> dict[str, np.ndarray]:
+    """Fractions of a N(mean, sigma²) tensor that a cast flushes to zero (|x| < flush), makes subnormal
+    (flush <= |x| < normal) and overflows (|x| > overflow), for a format's rounding boundaries (a
+    tensor scaled by s: its sigma and mean times s). A measured tensor far from these is not Gaussian:
+    a heavy tail overflows more, a spike at zero flushes more.
+    """
+    below_flush = gaussian_abs_below(flush, sigma, mean)
+    return {"flushed": below_flush, "subnormal": gaussian_abs_below(normal, sigma, mean) - below_flush,
+            "overflow": gaussian_abs_above(overflow, sigma, mean)}

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from initcore import theory
 from initcore.probe import reduce
 from initcore.probe.select import Selection, first_tensor, points
 
@@ -335,5 +336,22 @@ def _table(found: list, fmts: Sequence[Format]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def with_theory(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``flushed_gaussian``, ``subnormal_gaussian``, ``overflow_gaussian`` beside the measured
+    fractions: those of a Gaussian with each row's measured mean and std (``theory.gaussian_cast_fractions``;
+    NaN where the std is 0 or not finite). Far from them: a heavy tail, or a spike at zero."""
+    out = table.copy()
+    for name in ("flushed", "subnormal", "overflow"):
+        out[f"{name}_gaussian"] = math.nan
+    ok = (table["std"] > 0) & np.isfinite(table["std"]) & np.isfinite(table["mean"])
+    for name, rows in table[ok].groupby("format", sort=False):
+        fmt = format_of(name)
+        predicted = theory.gaussian_cast_fractions(rows["std"].to_numpy(), rows["mean"].to_numpy(), fmt.flush[0],
+                                                   fmt.normal[0], fmt.overflow[0])
+        for key, values in predicted.items():
+            out.loc[rows.index, f"{key}_gaussian"] = values
+    return out
+
+
 __all__ = ["COLUMNS", "FORMATS", "KNOWN_FORMATS", "SCALINGS", "TENSORS", "Format", "check_loss_scale", "counts",
-           "decode", "format_of", "formats_of", "trace"]
+           "decode", "format_of", "formats_of", "trace", "with_theory"]

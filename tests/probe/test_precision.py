@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from initcore import probe
+from initcore import probe, theory
 from initcore.models import MLP
 from initcore.probe import precision
 
@@ -125,3 +126,40 @@ def test_a_parameter_is_measured_once_on_its_innermost_row() -> None:
     weights = table[(table["tensor"] == "weight") & (table["scaling"] == "none")]
     assert sorted(zip(weights["module"], weights["param"], strict=True)) == [
         ("0", "0.bias"), ("0", "0.weight"), ("1.0", "1.0.bias"), ("1.0", "1.0.weight")]
+
+
+SIGMAS = (1e-6, 1e-4, 3e-3, 0.05, 1.0, 3e3, 2e4)  # across fp8's and fp16's subnormal ranges and fp16's max
+
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_gaussian_fractions_agree_with_erf_within_sampling_error(sigma: float) -> None:
+    n = 1 << 20  # 5 sd is 0.004 at p = 0.5: a std off by 2% (0.01 there) fails
+    x = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float() * sigma
+    fmts = precision.formats_of(None)
+    table = precision.with_theory(pd.DataFrame(precision.decode(precision.counts(x, fmts), fmts, 1.0)))
+    for _, r in table.iterrows():
+        for name in ("flushed", "subnormal", "overflow"):
+            p = r[f"{name}_gaussian"]
+            # binomial: the measured fraction's sd is sqrt(p(1-p)/n); the prediction's from the measured std
+            # moves by |dp/dln sigma| times that std's relative sd, 1/sqrt(2n); 5 of their sum (two-sided
+            # 6e-7 a comparison, 252 comparisons), plus one entry for p so small that no count is near
+            sd = (p * (1 - p) / n) ** 0.5 + abs(_dp_dlnsigma(r, name)) / (2 * n) ** 0.5
+            assert abs(r[name] - p) <= 5 * sd + 1 / n, (r["format"], r["scaling"], name, r[name], p, sd)
+    # the range is covered: some fraction is substantial somewhere, so the test is not of zeros alone
+    assert (table[["flushed", "subnormal", "overflow"]] > 0.05).any().any() or sigma in (0.05, 1.0)
+
+
+def _dp_dlnsigma(row: pd.Series, name: str) -> float:
+    fmt, eps = precision.format_of(row["format"]), 1e-4
+    at = [theory.gaussian_cast_fractions(row["std"] * np.exp(s), row["mean"], fmt.flush[0], fmt.normal[0],
+                                         fmt.overflow[0])[name] for s in (-eps, eps)]
+    return float(at[1] - at[0]) / (2 * eps)
+
+
+def test_a_heavy_tail_stands_out_from_the_gaussian_prediction() -> None:
+    # Student t with 2 degrees of freedom, scaled to std ~ 1e4: fp16 overflows far more often than N(0, std²) would
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(1 << 16, generator=g) / torch.rand(1 << 16, generator=g).sqrt() * 2e3).float()
+    fmt = [precision.format_of("float16")]
+    row = precision.with_theory(pd.DataFrame(precision.decode(precision.counts(x, fmt), fmt, 1.0))).iloc[0]
+    assert row["overflow"] > 10 * row["overflow_gaussian"]
