@@ -125,6 +125,7 @@ def test_numbers_cross_to_the_host_once_per_pass(monkeypatch):
     from initcore.probe import tracing
 
     monkeypatch.setattr(tracing, "_HOST_REDUCTIONS", False)
+    model, batch = _setup()  # before counting: init.apply's check of its draws reads samples on the host
     counts = {"item": 0, "tolist": 0, "cpu": 0}
     for method in counts:
         original = getattr(torch.Tensor, method)
@@ -134,7 +135,6 @@ def test_numbers_cross_to_the_host_once_per_pass(monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, method, counted)
-    model, batch = _setup()
     trace_steps(model, batch, torch.optim.SGD(model.parameters(), lr=0.01), 2, _loss, readout=_readout,
                 statistics="lean")
     assert counts == {"item": 0, "tolist": 3, "cpu": 1}
