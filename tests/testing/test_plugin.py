@@ -97,18 +97,27 @@ def test_update_then_compare_then_a_readable_mismatch(suite, tmp_path):
 def test_mismatch_prints_the_table(suite, tmp_path):
     where = tmp_path / "store"
     run(suite, "--device", "cpu", "--update-baselines", f"--baselines-dir={where}").assert_outcomes(passed=2)
-    # same configuration key, different behaviour: every bias at 0.1 behind the run's back
+    # same configuration key, different behaviour: every bias at 0.1 behind the run's back, after init.apply
+    # (whose own check of its draws would stop a changed bias rule: initcore.init.verify)
     suite.makeconftest('''
 pytest_plugins = ["initcore.testing.plugin"]
 import torch.nn as nn
-from initcore.init import strategies
+from initcore.experiments import MLPRun
 
 def pytest_configure(config):
-    config._old = strategies._DEFAULTS["bias"]
-    strategies._DEFAULTS["bias"] = lambda p: nn.init.constant_(p, 0.1)
+    config._old = MLPRun.build
+
+    def build(self, generator):
+        model, x = config._old(self, generator)
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.constant_(m.bias, 0.1)
+        return model, x
+
+    MLPRun.build = build
 
 def pytest_unconfigure(config):
-    strategies._DEFAULTS["bias"] = config._old
+    MLPRun.build = config._old
 ''')
     result = run(suite, "--device", "cpu", f"--baselines-dir={where}", "-k", "test_tiny")
     result.assert_outcomes(failed=1)

@@ -297,3 +297,17 @@ def test_the_stored_file_holds_the_seed_record(user_repo):
     assert record.seed == SEED and dict(record.environment)["device"] == "cpu"
     assert [name for name, _ in record.params][:2] == ["h.0.attn.c_attn.bias", "h.0.attn.c_attn.weight"]
     assert record.inputs and stored.rows["value"].notna().all()
+
+
+def test_a_reordering_of_draws_is_named_not_failed_as_an_edit(user_repo, tmp_path):
+    """The MLP built before the attention: the same distributions, drawn in another order. At seed 0 the exact
+    check does not apply and says why, naming the parameters whose bits changed; the bands decide (and pass)."""
+    attn = "self.ln_1, self.attn = nn.LayerNorm(d), Attention(d, heads)"
+    mlp = "self.ln_2, self.mlp = nn.LayerNorm(d), MLP(d)"
+    order = (f"{attn}\n        {mlp}", f"{mlp}\n        {attn}")
+    repo = user_copy(user_repo, tmp_path, order)
+    done = pytest_run(repo, "test_gpt.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = " ".join(done.stdout.split())  # the summary wraps its lines
+    assert re.search(r"1 by the bands alone: the exact check did not apply: parameters differ at the same seed "
+                     r"\(\d+ of \d+: h\.0\.mlp\.c_fc\.weight, ", text), done.stdout
