@@ -353,5 +353,51 @@ def with_theory(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-__all__ = ["COLUMNS", "FORMATS", "KNOWN_FORMATS", "SCALINGS", "TENSORS", "Format", "check_loss_scale", "counts",
-           "decode", "format_of", "formats_of", "trace", "with_theory"]
+SHOWN = ("module", "tensor", "param", "scaling", "scale", "amax", "headroom_bits", "flushed", "flushed_gaussian",
+         "subnormal", "subnormal_gaussian", "overflow", "overflow_gaussian")
+
+
+def table_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """The precision table of a ``trace(..., statistics="precision")`` frame, or ``frame`` if it is one."""
+    if "precision" in frame.attrs:
+        return frame.attrs["precision"]
+    if set(COLUMNS) <= set(frame.columns):
+        return frame
+    raise ValueError("no precision table here: trace with statistics=\"precision\" (or initcore.probe.precision."
+                     "trace), and pass its frame or frame.attrs[\"precision\"]")
+
+
+def view(frame: pd.DataFrame, dtype: str | torch.dtype) -> pd.DataFrame:
+    """One format's rows of the precision table, measured beside Gaussian predictions (``SHOWN``)."""
+    fmt = format_of(dtype)
+    table = table_of(frame)
+    table = table[table["format"] == fmt.name]
+    return with_theory(table)[list(SHOWN)].reset_index(drop=True)
+
+
+def misfits(frame: pd.DataFrame, dtype: str | torch.dtype, *, flushed: float = 0.01, overflow: float = 0.0,
+            scaling: str = "none", tensors: Iterable[str] | None = None) -> pd.DataFrame:
+    """The tensors whose flushed or overflowed fraction (of their nonzero entries) exceeds its tolerance in
+    ``dtype`` under ``scaling``, worst first (``excess``: the larger overshoot of the two).
+
+    Raises:
+        ValueError: an unknown format, scaling or tensor kind, or a tolerance outside [0, 1].
+    """
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
+    tensors = TENSORS if tensors is None else tuple([tensors] if isinstance(tensors, str) else tensors)
+    unknown = sorted(set(tensors) - set(TENSORS))
+    if unknown or not tensors:
+        raise ValueError(f"unknown tensors {unknown or '(none given)'}; valid: {', '.join(TENSORS)}")
+    for name, tol in (("flushed", flushed), ("overflow", overflow)):
+        if not 0 <= tol <= 1:
+            raise ValueError(f"{name} tolerance must be a fraction in [0, 1], got {tol!r}")
+    rows = view(frame, dtype)
+    rows = rows[(rows["scaling"] == scaling) & rows["tensor"].isin(tensors)]
+    excess = np.maximum(rows["flushed"] - flushed, rows["overflow"] - overflow)
+    rows = rows.assign(excess=excess)[excess > 0]
+    return rows.sort_values("excess", ascending=False, kind="stable").reset_index(drop=True)
+
+
+__all__ = ["COLUMNS", "FORMATS", "KNOWN_FORMATS", "SCALINGS", "SHOWN", "TENSORS", "Format", "check_loss_scale",
+           "counts", "decode", "format_of", "formats_of", "misfits", "table_of", "trace", "view", "with_theory"]

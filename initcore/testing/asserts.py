@@ -64,3 +64,29 @@ def assert_init(model, expect=None, *, roles=None, allow: Iterable[str] = (), se
 
 
 __all__ = ["assert_healthy", "assert_init"]
+
+
+def assert_representable(frame: pd.DataFrame, dtype, *, flushed: float = 0.01, overflow: float = 0.0,
+                         scaling: str = "none", tensors=None) -> None:
+    """Fail the test if a traced tensor would not survive a cast to ``dtype``: more than ``flushed`` of its
+    nonzero entries flushed to zero, or more than ``overflow`` overflowing or saturating. The message ranks
+    the tensors that do not fit, worst first, with the fractions a Gaussian of their std would give.
+
+    Args:
+        frame: a ``probe.trace(..., statistics="precision")`` frame, or its ``attrs["precision"]``.
+        dtype: a format of ``initcore.probe.precision.FORMATS`` (a torch dtype or its name).
+        scaling: "none" (as the tensors are; gradients under the trace's loss scale) or "tensor" (each
+            scaled by the power of two that brings its amax below the format's max).
+        tensors: which of "output", "output_grad", "weight", "weight_grad" (default: all).
+
+    Raises:
+        ValueError: an unknown format, a format this torch lacks, an unknown scaling or tensor kind, a
+            tolerance outside [0, 1], or a frame without a precision table.
+    """
+    from initcore.probe import precision
+
+    bad = precision.misfits(frame, dtype, flushed=flushed, overflow=overflow, scaling=scaling, tensors=tensors)
+    if len(bad):
+        shown = bad.drop(columns=["subnormal_gaussian"]).to_string(index=False, float_format=lambda v: f"{v:.3g}")
+        pytest.fail(f"{len(bad)} tensor(s) do not fit {precision.format_of(dtype).name} ({scaling} scaling; "
+                    f"tolerances: flushed {flushed}, overflow {overflow}), worst first:\n{shown}", pytrace=False)

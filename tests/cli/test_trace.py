@@ -72,3 +72,28 @@ def test_transformers(capsys, model):
     assert frame.kind.tolist() == ["attn", "ffn", "block"] * 2
     assert (frame.grad_norm > 1e-4).all()  # the default loss for transformers has a gradient
     assert frame.attn_entropy_norm.notna().sum() == 2
+
+
+def test_precision_prints_the_formats_table(capsys):
+    out = _run(capsys, [*SMALL, "--format", "csv", "--precision", "float8_e4m3fn", "--loss-scale", "1024"])
+    frame = pd.read_csv(io.StringIO(out))
+    assert set(frame["tensor"]) == {"output", "output_grad", "weight", "weight_grad"}
+    assert set(frame["scaling"]) == {"none", "tensor"}
+    grads = frame[(frame["tensor"] == "weight_grad") & (frame["scaling"] == "none")]
+    assert (grads["scale"] == 1024).all()
+    assert frame[["flushed", "headroom_bits"]].notna().all().all()
+    # a Gaussian prediction wherever the std is not 0 (the mean loss's output gradient is constant)
+    assert frame.loc[frame["tensor"] != "output_grad", "flushed_gaussian"].notna().all()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "float9"], "unknown format 'float9'; valid: float16, bfloat16, float8_e4m3fn"),
+    (["--precision", "float16", "--loss-scale", "-1"], "loss_scale must be a positive finite number"),
+    (["--precision", "float16", "--theory"], "--precision and --theory are separate tables"),
+])
+def test_precision_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main([*SMALL, *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
