@@ -81,6 +81,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "initcore audit --model mygpt:make --meta": (SKIP, "mygpt is the reader's module; tests/cli/test_audit.py runs it"),
     "initcore audit --model mygpt:make --expect '*.c_proj.weight=normal(0.02/sqrt(2L));*=torch_default'":
         (SKIP, "mygpt is the reader's module; tests/cli/test_audit.py runs --expect on one"),
+    # Precision headroom
+    "initcore trace --model mlp --depth 4 --width 64 --precision float8_e4m3fn": (RUN, ""),
+    "initcore trace --model transformer --init gpt2 --n-layers 2 --d-model 64 --precision float16 --loss-scale 1024":
+        (RUN, ""),
+    "pytest bench/test_probe_overhead.py --benchmark-only -p no:cacheprovider -k precision":
+        (PARSE, "times 160 pairs of traces, minutes"),
     # Sharded init
     "initcore shards --strategy gpt2 --parallel tp --world-size 4": (PARSE, "starts processes"),
     "initcore shards --naive --parallel fsdp --world-size 2": (PARSE, "starts processes"),
