@@ -242,24 +242,9 @@ def counts(f: torch.Tensor, fmts: Sequence[Format], factor: float = 1.0) -> list
 
 
 def decode(values: Sequence[float], fmts: Sequence[Format], factor: float) -> list[dict]:
-    """``counts``' numbers -> a record per format and scaling (``COLUMNS`` from "format" on)."""
-    n, nonzero, amax, mean, std = values[:5]
-    zeros = n - nonzero
-    records = []
-    for i, fmt in enumerate(fmts):
-        k, *c = values[5 + 7 * i: 12 + 7 * i]
-        for scaling, scale, (flushed, subnormal, normal) in (("none", factor, c[:3]), ("tensor", 2.0**k, c[3:])):
-            cast_amax = amax * scale
-            records.append({"format": fmt.name, "scaling": scaling, "scale": scale, "n": n, "nonzero": nonzero,
-                            "amax": cast_amax, "mean": mean * scale, "std": std * scale,
-                            "flushed": _share(flushed - zeros, nonzero),
-                            "subnormal": _share(subnormal - flushed, nonzero), "overflow": _share(n - normal, nonzero),
-                            "headroom_bits": math.log2(fmt.max / cast_amax) if cast_amax > 0 else math.inf})
-    return records
-
-
-def _share(count: float, nonzero: float) -> float:
-    return count / nonzero if nonzero else math.nan  # of no nonzero entry: undefined
+    """``counts``' numbers -> a record per format and scaling (``COLUMNS`` from "format" on), as the table has them."""
+    table = _table([(("", "", 0, "", ""), factor, list(values))], fmts)
+    return table[list(COLUMNS[5:])].to_dict("records")
 
 
 def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *,
@@ -331,13 +316,40 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *,
 
 
 def _table(found: list, fmts: Sequence[Format]) -> pd.DataFrame:
+    """The long table, column by column in numpy (records of dicts took 10 ms a trace of 40 tensors)."""
     on_device = [v for _, _, v in found if isinstance(v, torch.Tensor)]
     host = iter(torch.stack([v.cpu() for v in on_device]).tolist() if on_device else [])  # one copy per device
-    rows = []
-    for ids, factor, values in found:
-        values = next(host) if isinstance(values, torch.Tensor) else values
-        rows += [dict(zip(COLUMNS[:5], ids, strict=True)) | r for r in decode(values, fmts, factor)]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    width = 5 + 7 * len(fmts)
+    v = np.array([next(host) if isinstance(values, torch.Tensor) else values for _, _, values in found],
+                 dtype=np.float64).reshape(-1, width)
+    factor = np.array([f for _, f, _ in found], dtype=np.float64)
+    n, nonzero, amax, mean, std = v[:, :5].T
+    per = 2 * len(fmts)  # rows per tensor: each format, unscaled then scaled
+    parts = []
+    for i, fmt in enumerate(fmts):
+        k, c = v[:, 5 + 7 * i], v[:, 6 + 7 * i: 12 + 7 * i]
+        for scaling, scale, (flushed, subnormal, normal) in (("none", factor, c[:, :3].T),
+                                                             ("tensor", np.exp2(k), c[:, 3:].T)):
+            with np.errstate(all="ignore"):  # no nonzero entry: NaN fractions; amax 0: infinite headroom
+                of = np.where(nonzero > 0, nonzero, np.nan)  # fractions of the nonzero entries
+                cast_amax = amax * scale
+                headroom = np.where(cast_amax > 0, np.log2(fmt.max / cast_amax), np.inf)
+            parts.append({"format": fmt.name, "scaling": scaling, "scale": scale, "n": n, "nonzero": nonzero,
+                          "amax": cast_amax, "mean": mean * scale, "std": std * scale,
+                          "flushed": (flushed - (n - nonzero)) / of, "subnormal": (subnormal - flushed) / of,
+                          "overflow": (n - normal) / of, "headroom_bits": headroom})
+    columns = {}
+    for j, name in enumerate(COLUMNS[:5]):
+        ids = np.empty(len(found), dtype=object)
+        ids[:] = [t[0][j] for t in found]
+        columns[name] = np.tile(ids, per)
+    for name in COLUMNS[5:]:
+        columns[name] = np.concatenate([np.broadcast_to(part[name], len(found)) for part in parts])
+    table = pd.DataFrame(columns, columns=list(COLUMNS))
+    order = np.arange(len(table)).reshape(per, len(found)).T.reshape(-1)  # tensor by tensor, as decode gives
+    table = table.iloc[order].reset_index(drop=True)
+    table["layer"] = table["layer"].astype(np.int64)
+    return table
 
 
 def with_theory(table: pd.DataFrame) -> pd.DataFrame:
