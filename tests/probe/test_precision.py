@@ -163,3 +163,12 @@ def test_a_heavy_tail_stands_out_from_the_gaussian_prediction() -> None:
     fmt = [precision.format_of("float16")]
     row = precision.with_theory(pd.DataFrame(precision.decode(precision.counts(x, fmt), fmt, 1.0))).iloc[0]
     assert row["overflow"] > 10 * row["overflow_gaussian"]
+
+
+def test_parameters_alone_match_the_traced_weights() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    traced = precision.trace(model, torch.randn(4, 8), formats=["float16", "float8_e5m2"]).attrs["precision"]
+    alone = precision.parameters(model, ["float16", "float8_e5m2"])
+    weights = traced[traced["tensor"] == "weight"].reset_index(drop=True)
+    assert len(alone) == len(weights) == 4 * 2 * 2  # 2 weights, 2 biases; 2 formats; 2 scalings
+    pd.testing.assert_frame_equal(alone.drop(columns=["kind", "layer"]), weights.drop(columns=["kind", "layer"]))
