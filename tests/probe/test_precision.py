@@ -172,3 +172,16 @@ def test_parameters_alone_match_the_traced_weights() -> None:
     weights = traced[traced["tensor"] == "weight"].reset_index(drop=True)
     assert len(alone) == len(weights) == 4 * 2 * 2  # 2 weights, 2 biases; 2 formats; 2 scalings
     pd.testing.assert_frame_equal(alone.drop(columns=["kind", "layer"]), weights.drop(columns=["kind", "layer"]))
+
+
+def test_the_device_path_gives_the_hosts_table(monkeypatch) -> None:
+    # off the CPU the counts stay on the device until one stacked copy; the CPU runs that path when told to
+    model, x = MLP(16, 32, 3), torch.randn(8, 16)
+    host = precision.trace(model, x, loss_scale=256.0).attrs["precision"]
+    monkeypatch.setattr(precision, "_HOST", False)
+    device = precision.trace(model, x, loss_scale=256.0).attrs["precision"]
+    counted = ["module", "tensor", "param", "format", "scaling", "scale", "n", "nonzero", "amax", "flushed",
+               "subnormal", "overflow", "headroom_bits"]
+    pd.testing.assert_frame_equal(device[counted], host[counted], check_exact=True)
+    # mean and std: float32 sums in another order
+    pd.testing.assert_frame_equal(device[["mean", "std"]], host[["mean", "std"]], rtol=1e-5)
