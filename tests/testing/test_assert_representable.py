@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 import torch
 from torch import nn
 
-from initcore import probe
+from initcore import probe, zoo
 from initcore.testing import assert_representable
 
 
@@ -55,3 +56,21 @@ def test_bad_input_lists_what_is_valid() -> None:
             assert_representable(frame, **{"dtype": "float16", **kwargs})
     with pytest.raises(ValueError, match="no precision table here"):
         assert_representable(probe.trace(_model(0.1), torch.randn(2, 64)), "float16")
+
+
+@pytest.mark.skipif(zoo.missing() is not None and not os.environ.get("INITCORE_REQUIRE_ZOO"),
+                    reason=f"{zoo.missing()}")
+def test_hugging_face_gpt2_from_a_tiny_config() -> None:
+    # Hugging Face's own init, N(0, 0.02^2): about 4% of each matrix flushes in e4m3fn unscaled (erf(2^-10 /
+    # (0.02 sqrt 2))); bfloat16 and a per-tensor scale keep it
+    zoo.torchvision_ops_shim()
+    model, inputs = zoo.gpt2(0, n_layer=2, n_embd=64, n_head=4, vocab_size=128, batch=2, seq_len=8)
+    frame = probe.trace(model, inputs, loss="random", statistics="precision")
+    table = frame.attrs["precision"]
+    one = table[(table["tensor"] == "weight") & (table["format"] == "bfloat16") & (table["scaling"] == "none")]
+    assert sorted(one["param"]) == sorted(name for name, _ in model.named_parameters())  # each once; lm_head tied
+    assert_representable(frame, "bfloat16")
+    assert_representable(frame, "float8_e4m3fn", tensors=["weight"], scaling="tensor")
+    with pytest.raises(pytest.fail.Exception) as failure:
+        assert_representable(frame, "float8_e4m3fn", tensors=["weight"], flushed=0.02)
+    assert "transformer.h.0.attn.c_attn.weight" in str(failure.value)
