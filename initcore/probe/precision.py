@@ -315,6 +315,30 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *,
     return frame
 
 
+def loss_scale_for(tensor: torch.Tensor, dtype: str | torch.dtype, *, flushed: float = 0.01) -> float:
+    """The smallest power of two L such that a cast of tensor·L to ``dtype`` flushes at most ``flushed`` of
+    its nonzero entries to zero (NaN for a tensor with none); whether tensor·L then overflows is for the
+    caller to check (``headroom_bits`` of the table at that scale, or amax·L against the format's max).
+
+    Exact: the entry that must survive is the (floor(flushed·nonzero)+1)-th smallest nonzero |x|, and x·L is
+    exact for a power of two L.
+    """
+    fmt = format_of(dtype)
+    if not 0 <= flushed < 1:
+        raise ValueError(f"flushed must be a fraction in [0, 1), got {flushed!r}")
+    a = np.abs(_float32(reduce.flat(tensor)).cpu().numpy())
+    a = a[a != 0]
+    if a.size == 0:
+        return math.nan
+    m = int(flushed * a.size)
+    q = float(np.partition(a, m)[m])  # every smaller entry may flush: at most m of them
+    bound, inclusive = fmt.flush
+    e = math.ceil(math.log2(bound / q))
+    if q * 2.0**e < bound or (inclusive and q * 2.0**e == bound):
+        e += 1
+    return 2.0**e
+
+
 def parameters(model: nn.Module, formats: str | torch.dtype | Iterable | None = None) -> pd.DataFrame:
     """The precision table of ``model``'s parameters alone (tensor "weight"; module: the parameter's own),
     with no pass: what an init leaves, before any input."""
@@ -429,5 +453,5 @@ def misfits(frame: pd.DataFrame, dtype: str | torch.dtype, *, flushed: float = 0
 
 
 __all__ = ["COLUMNS", "FORMATS", "KNOWN_FORMATS", "SCALINGS", "SHOWN", "TENSORS", "Format", "check_loss_scale",
-           "counts", "decode", "format_of", "formats_of", "misfits", "parameters", "table_of", "trace", "view",
-           "with_theory"]
+           "counts", "decode", "format_of", "formats_of", "loss_scale_for", "misfits", "parameters", "table_of",
+           "trace", "view", "with_theory"]

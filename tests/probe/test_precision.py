@@ -185,3 +185,17 @@ def test_the_device_path_gives_the_hosts_table(monkeypatch) -> None:
     pd.testing.assert_frame_equal(device[counted], host[counted], check_exact=True)
     # mean and std: float32 sums in another order
     pd.testing.assert_frame_equal(device[["mean", "std"]], host[["mean", "std"]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["float16", "float8_e4m3fn", "float8_e5m2"])
+@pytest.mark.parametrize("tolerance", [0.0, 0.01, 0.25])
+def test_loss_scale_for_is_the_smallest_power_of_two_that_fits(name: str, tolerance: float) -> None:
+    fmt = [precision.format_of(name)]
+    for x in _tensors(2)[:-1]:
+        scale = precision.loss_scale_for(x, name, flushed=tolerance)
+        assert math.log2(scale).is_integer()
+        at = {s: precision.decode(precision.counts(x, fmt, s), fmt, s)[0]["flushed"] for s in (scale, scale / 2)}
+        assert at[scale] <= tolerance < at[scale / 2]  # fits at L, not at L/2: the counts of a direct cast
+    assert math.isnan(precision.loss_scale_for(torch.zeros(3), "float16"))
+    with pytest.raises(ValueError, match=r"flushed must be a fraction in \[0, 1\)"):
+        precision.loss_scale_for(torch.ones(3), "float16", flushed=1.0)
