@@ -104,3 +104,42 @@ def test_what_flushes_or_overflows(tables, summary_line) -> None:
                        & (gpt2["format"] == "float8_e4m3fn") & (gpt2["scaling"] == "none")]
     # std 0.02/sqrt(24): erf(2^-6 / (0.0041 sqrt 2)) of the entries sit below e4m3fn's smallest normal: all but 1e-4
     assert len(projections) == 24 and (projections["flushed"] + projections["subnormal"] > 0.999).all()
+
+
+Z_1PCT = 0.012533469508069276  # P(|X| < z sigma) = 1% for a Gaussian: sqrt(2) erfinv(0.01)
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_fp16_loss_scale_weight_gradients_need(strategy: str, summary_line) -> None:
+    """The smallest power-of-two loss scale at which no matrix's fp16 weight gradient loses more than 1% to
+    zero (``precision.loss_scale_for``, exact); one scale must serve all without overflow. Where a gradient is
+    Gaussian by the table's own test at that scale (flushed within 5 sd of N(0, std²)'s), the scale is the
+    Gaussian's, 2^ceil(log2(flush / (z std))), within a binade (the measured std, and 1% of entries at the
+    boundary). ~6 s a strategy on this VM: the batch-2 x 16 tokens trace of experiments.TRANSFORMER_RUNS."""
+    cfg = init.strategies.config_for(strategy, experiments.NOTEBOOK_TRANSFORMER)
+    model = Transformer.from_config(cfg)
+    init.apply(model, strategy, generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    frame = precision.trace(model, idx, "random", formats="float16", statistics="lean")
+    fmt = precision.format_of("float16")
+    needed, gaussian = {}, 0
+    for name, p in model.named_parameters():
+        if p.dim() < 2 or p.grad is None or not p.grad.any():
+            continue
+        scale = precision.loss_scale_for(p.grad, "float16")
+        needed[name] = (scale, p.grad.abs().max().item())
+        row = precision.with_theory(pd.DataFrame(precision.decode(precision.counts(p.grad, [fmt], scale), [fmt],
+                                                                  scale))).iloc[:1]
+        row = row.assign(param=name, format="float16")
+        if (_excess(row)["flushed"] <= SD).all():
+            gaussian += 1
+            std = p.grad.float().std().item()
+            predicted = 2.0 ** np.ceil(np.log2(fmt.flush[0] / (Z_1PCT * std)))
+            assert predicted / 2 <= scale <= predicted * 2, (name, scale, predicted)
+    worst = max(needed, key=lambda n: needed[n][0])
+    top = max(scale for scale, _ in needed.values())
+    assert top * max(amax for _, amax in needed.values()) < fmt.max  # one loss scale fits every matrix
+    assert len(frame.attrs["precision"])
+    summary_line(f"precision at init, {strategy}: fp16 weight gradients need loss scale {top:g} ({worst}); "
+                 f"{gaussian} of {len(needed)} matrices' gradients Gaussian at it")
