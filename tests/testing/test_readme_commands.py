@@ -88,6 +88,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pytest bench/test_probe_overhead.py --benchmark-only -p no:cacheprovider -k precision":
         (PARSE, "times 160 pairs of traces, minutes"),
     "pytest bench/test_precision_headroom.py --benchmark-skip": (RUN, ""),
+    "pytest bench/test_precision_headroom.py --benchmark-skip -m large": (PARSE, "four 12-layer traces, ~30 s"),
     # Sharded init
     "initcore shards --strategy gpt2 --parallel tp --world-size 4": (PARSE, "starts processes"),
     "initcore shards --naive --parallel fsdp --world-size 2": (PARSE, "starts processes"),
