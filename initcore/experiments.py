@@ -351,6 +351,10 @@ VARIANT_CONFIGS = {
     "causal": replace(SMALL_TRANSFORMER, causal=True),
 }
 VARIANT_RUNS = {name: TransformerRun(cfg, "standard", batch=4, seq_len=32) for name, cfg in VARIANT_CONFIGS.items()}
+# DeepNorm's post-norm stack, residual alpha * x + f(x) with alpha = (2L)^(1/4) = 1.68 here: the one baseline in
+# which the residual multiplier is not 1, so that an edit moving it (onto the branch) changes the numbers.
+VARIANT_RUNS["deepnorm"] = TransformerRun(init.strategies.config_for("deepnorm", SMALL_TRANSFORMER), "deepnorm",
+                                          batch=4, seq_len=32)
 
 # --- 8. training mode: the probe with dropout active (bench/test_train_mode.py) ---------------------------
 # The pre-norm SMALL_TRANSFORMER traced in train mode, with the config's own dropout (0: a changed default

@@ -76,6 +76,16 @@ BENCH_EDITS = {
 
     _mp.setattr(transformer.MultiHeadAttention, "forward", forward)
 ''', "test_transformer_variants.py::test_matches_baseline[prenorm-cpu]"),
+    "residual-multiplier-moved": ('''
+    def branch(self, x, f, norm, gate):  # alpha * f(x) + x: DeepNorm's multiplier on the branch, not the skip
+        y = self.drop(f(norm(x) if self.pre else x))
+        if gate is not None:
+            y = gate * y
+        x = x + self.alpha * y if self.alpha != 1.0 else x + y
+        return x if self.pre else norm(x)
+
+    _mp.setattr(transformer.TransformerBlock, "_branch", branch)
+''', "test_transformer_variants.py::test_matches_baseline[deepnorm-cpu]"),
     "one-branch-1pct": ('''
     forward = transformer.FeedForward.forward
     _mp.setattr(transformer.FeedForward, "forward", lambda self, x: 1.01 * forward(self, x))
