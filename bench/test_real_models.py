@@ -123,11 +123,18 @@ def test_matches_baseline(name, trace_run, baseline):
     baseline.check(EXPERIMENT, RUNS[name], trace_run(RUNS[name]))
 
 
+# ResNet-18's conv1 weight gradient under the random-projection loss measured 8.2, 10.1, 19.5, 8.0, 20.4, 7.7,
+# 20.5, 6.7, 15.0, 10.6 at seeds 0-9 (2026-12-07): the notebook's absolute bound of 10, written for its MLP's mean
+# loss, flagged this healthy model at 6 seeds in 10. A gradient's scale is the loss's here (a fixed random
+# projection of 1000 logits), not the init's; the 16-seed bands of test_matches_baseline hold every grad_norm.
+ALLOWED = {"resnet18": ("exploding_gradients",)}
+
+
 @pytest.mark.parametrize("name", list(RUNS))
 def test_healthy_at_init(name, trace_run):
     """No symptom of initcore.diagnose in any of them: their libraries' inits are sound at these sizes (every
     default row: the residual stream and the activation modules included)."""
-    assert_healthy(trace_run(experiments.ZOO_RUNS[name]))
+    assert_healthy(trace_run(experiments.ZOO_RUNS[name]), allow=ALLOWED.get(name, ()))
 
 
 # --- GPT-2: what transformers' init promises, and initcore's gpt2 strategy ----------------------------------
