@@ -70,46 +70,11 @@ class Rule:
 
 # --- torch's per-module defaults -----------------------------------------------------------------------------
 
-_NORMS = ("LayerNorm", "GroupNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d",
-          "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm", "LocalResponseNorm")
-_FAN_IN_UNIFORM = ("Linear", "NonDynamicallyQuantizableLinear", "LazyLinear", "Conv1d", "Conv2d", "Conv3d",
-                   "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Identity")
-_RNNS = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
-
-
 def torch_default(site: Site) -> Target | None:
-    """What the owning module's own ``reset_parameters`` draws (torch 2.x), or None for a module torch does
-    not define (Hugging Face's Conv1D, a bare nn.Parameter)."""
+    """What the owning module's own ``reset_parameters`` draws: ``init.targets.module_default``, the one table
+    of torch's per-module defaults (the registry's ``torch_default`` strategy reads it too)."""
     lay = site.layout
-    kind, attr = lay.module, lay.attr
-    if kind == "NonDynamicallyQuantizableLinear" and attr == "bias":
-        return T.constant(0.0)  # nn.MultiheadAttention's out_proj: it zeroes the bias its Linear drew
-    if kind in _FAN_IN_UNIFORM and attr in ("weight", "bias"):
-        return T.uniform(1.0 / math.sqrt(lay.weight_fan_in))  # kaiming_uniform_(a=sqrt(5)): bound 1/sqrt(fan_in)
-    if kind == "Bilinear" and attr in ("weight", "bias"):
-        return T.uniform(1.0 / math.sqrt(lay.shape[1] if attr == "weight" else lay.weight_fan_in))
-    if kind in ("Embedding", "EmbeddingBag") and attr == "weight":
-        return T.normal(1.0)
-    if kind in _NORMS:
-        return T.constant(1.0 if attr == "weight" else 0.0)
-    if kind == "MultiheadAttention":
-        if attr == "in_proj_weight":
-            return T.xavier_uniform(lay.shape[1], lay.shape[0])  # over the packed (3E, E): Var 1/(2E)
-        if attr in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
-            return T.xavier_uniform(lay.shape[1], lay.shape[0])
-        if attr in ("bias_k", "bias_v"):
-            return T.xavier_normal(*T_fans_3d(lay.shape))
-        if attr == "in_proj_bias":
-            return T.constant(0.0)
-    if kind in _RNNS:
-        return T.uniform(1.0 / math.sqrt(lay.hidden_size or lay.shape[-1]))
-    return None
-
-
-def T_fans_3d(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(fan_in, fan_out) torch computes for a (1, 1, E) bias_k: size(1) E and size(0) E."""
-    field_size = math.prod(shape[2:]) if len(shape) > 2 else 1
-    return shape[1] * field_size, shape[0] * field_size
+    return T.module_default(lay.module, lay.attr, lay.shape, lay.weight_fan_in, lay.hidden_size)
 
 
 # --- formulas of torch.nn.init --------------------------------------------------------------------------------

@@ -409,16 +409,19 @@ def _torch_default(module: nn.Module) -> None:
 
 
 def _torch_default_targets(s: Site) -> Target:
-    """What initcore's modules and torch's own do for each role: nn.Linear (weight and bias) kaiming_uniform_
-    with a = sqrt(5), i.e. U(+-1/sqrt(fan_in)); nn.Embedding N(0, 1); nn.MultiheadAttention's packed in_proj
-    Xavier uniform over the whole (3E, E) matrix (its biases are 0, not a Linear's); norm weights 1, gates 0."""
+    """What initcore's modules and torch's own do for each role, read from torch's per-module defaults
+    (``targets.module_default``, the audit's table too): a matrix or a bias is nn.Linear's, an embedding
+    nn.Embedding's, a packed qkv nn.MultiheadAttention's in_proj, a norm weight a LayerNorm's; gates 0."""
     if s.role == "embedding":
-        return T.normal(1.0)
+        return T.module_default("Embedding", "weight", (s.fan_in, s.fan_out), s.fan_in)
     if s.role == "qkv" and s.chunks > 1:
-        return T.xavier_uniform(s.fan_in, s.fan_out * s.chunks)
-    if s.role in T.DEFAULT_TARGETS and s.role != "bias":
-        return T.DEFAULT_TARGETS[s.role]
-    return T.uniform(1 / math.sqrt(s.fan_in))  # a bias's site gives its Linear's fan_in
+        return T.module_default("MultiheadAttention", "in_proj_weight", (s.fan_out * s.chunks, s.fan_in), s.fan_in)
+    if s.role == "norm":
+        return T.module_default("LayerNorm", "weight", (s.fan_in,), s.fan_in)
+    if s.role == "gate":
+        return T.DEFAULT_TARGETS["gate"]
+    attr = "bias" if s.role == "bias" else "weight"  # a bias's site gives its Linear's fan_in
+    return T.module_default("Linear", attr, (s.fan_out, s.fan_in), s.fan_in)
 
 
 @register("torch_default", "what the modules do by themselves (their reset_parameters)", targets=_torch_default_targets)

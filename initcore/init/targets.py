@@ -187,10 +187,57 @@ def fan_in_normal(fan_in: int, gain: float) -> Target:
     return normal(gain / math.sqrt(fan_in))
 
 
+# --- torch's per-module defaults ---------------------------------------------------------------------------
+
+_NORMS = ("LayerNorm", "GroupNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d",
+          "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm", "LocalResponseNorm")
+_FAN_IN_UNIFORM = ("Linear", "NonDynamicallyQuantizableLinear", "LazyLinear", "Conv1d", "Conv2d", "Conv3d",
+                   "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Identity")
+_RNNS = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
+
+
+def _stored_fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """torch.nn.init's (fan_in, fan_out) of a stored tensor: size(1) and size(0) times the receptive field."""
+    field_size = math.prod(shape[2:]) if len(shape) > 2 else 1
+    return shape[1] * field_size, shape[0] * field_size
+
+
+def module_default(module: str, attr: str, shape: tuple[int, ...], weight_fan_in: int,
+                   hidden_size: int = 0) -> Target | None:
+    """What a torch module's own ``reset_parameters`` draws for its parameter ``attr`` (torch 2.x), by the
+    module's type name; None for a module torch does not define (Hugging Face's Conv1D, a bare parameter).
+
+    Linear, Conv and their biases: ``kaiming_uniform_(a=sqrt(5))``, U(+-1/sqrt(fan_in)) (``weight_fan_in``: the
+    weight's, for a bias too); Bilinear U(+-1/sqrt(in1)); Embedding N(0, 1); norms 1 and 0;
+    nn.MultiheadAttention Xavier uniform over its packed (3E, E) in_proj, 0 for its biases and its out_proj's;
+    RNNs U(+-1/sqrt(hidden_size)) everywhere."""
+    if module == "NonDynamicallyQuantizableLinear" and attr == "bias":
+        return constant(0.0)  # nn.MultiheadAttention's out_proj: it zeroes the bias its Linear drew
+    if module in _FAN_IN_UNIFORM and attr in ("weight", "bias"):
+        return uniform(1.0 / math.sqrt(weight_fan_in))
+    if module == "Bilinear" and attr in ("weight", "bias"):
+        return uniform(1.0 / math.sqrt(shape[1] if attr == "weight" else weight_fan_in))
+    if module in ("Embedding", "EmbeddingBag") and attr == "weight":
+        return normal(1.0)
+    if module in _NORMS:
+        return constant(1.0 if attr == "weight" else 0.0)
+    if module == "MultiheadAttention":
+        if attr in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            return xavier_uniform(shape[1], shape[0])  # over the packed (3E, E): Var 1/(2E)
+        if attr in ("bias_k", "bias_v"):
+            return xavier_normal(*_stored_fans(shape))
+        if attr == "in_proj_bias":
+            return constant(0.0)
+    if module in _RNNS:
+        return uniform(1.0 / math.sqrt(hidden_size or shape[-1]))
+    return None
+
+
 DEFAULT_TARGETS: Mapping[str, Target] = MappingProxyType({
     "bias": constant(0.0), "norm": constant(1.0), "gate": constant(0.0)})
 
 
 __all__ = ["DEFAULT_TARGETS", "FAMILIES", "Site", "Target", "constant", "fan_in_normal", "fan_in_uniform",
+           "module_default",
            "normal", "orthogonal", "trunc_normal", "truncated_variance_factor", "uniform", "xavier_normal",
            "xavier_uniform"]
