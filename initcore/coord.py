@@ -57,6 +57,7 @@ from torch import nn
 
 from initcore import init
 from initcore.models import MLP, Transformer, TransformerConfig, param_roles
+from initcore.models.readout import prediction
 from initcore.steps import Batch, trace_steps
 
 MODELS = ("mlp", "transformer")
@@ -364,21 +365,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
-
-
-def prediction(out: Any) -> torch.Tensor:
-    """What the loss of a factory's model reads: the output, its ``logits``, or its first element."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    first = next(iter(out.values()), None) if isinstance(out, dict) else (
-        out[0] if isinstance(out, (tuple, list)) and out else None)
-    if isinstance(first, torch.Tensor):
-        return first
-    raise ValueError(f"the model's output is a {type(out).__name__} with no tensor to train on; return a tensor, "
-                     "a tuple whose first element is one, or an output with .logits")
 
 
 class FactoryLoss:

@@ -35,19 +35,21 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import fields, is_dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import torch
 from torch import nn
 
 from initcore.init import targets
 from initcore.init.strategies import Context, get, register
+from initcore.models import readout
 from initcore.models.roles import RoledParam, param_roles
 
 OPTIMIZERS = ("adam", "adamw", "sgd")  # Adam-like (entrywise-normalized updates) or SGD-like
 READOUTS = ("scaled", "zero")  # the head's init: N(0, gain² base/fan_in²), or 0 (mup's readout_zero_init)
 QUERIES = ("scaled", "zero")  # the query projection's init: as every hidden matrix, or 0 (mup's query_zero_init)
 ATTN_SCALE = "1/d_head"
+KINDS = ("input", "hidden", "output", "vector", "finite")  # Table 3's classes, by which dimensions grow
 
 
 def mup_config(cfg):
@@ -116,8 +118,10 @@ def _mup_targets(s: targets.Site) -> targets.Target:
 
 @register("mup", "muP (Yang et al., 2021, Table 3): N(0, gain^2/fan_in), head N(0, gain^2*base/fan_in^2) or 0, "
           "embedding N(0, 1), attention logits 1/d_head; train with init.param_groups(model, 'mup', lr=..., "
-          "base_width=...)", options={"base_width": None, "readout": "scaled", "query": "scaled"}, takes_gain=True,
-          special={"qkv": _mup_qkv}, config=mup_config, targets=_mup_targets)
+          "base_width=...), or base=<the model at its base width> for a model of yours",
+          options={"base_width": None, "readout": "scaled", "query": "scaled", "base": None, "inputs": None},
+          takes_gain=True, special={"qkv": _mup_qkv}, config=mup_config, targets=_mup_targets,
+          prepare=lambda model, roles, options: prepare(model, roles, options))
 def _mup(w: torch.Tensor, p: RoledParam, ctx: Context) -> None:
     r"""muP's init, Table 3 of Yang et al. (2021), by role.
 
@@ -240,20 +244,27 @@ def lr_multipliers(model: nn.Module, optimizer: str = "adam", base_width: int | 
 
 def param_groups(model: nn.Module, name: str, *, lr: float, optimizer: str = "adam",
                  base_width: int | None = None, base_shapes: dict[str, tuple[int, ...]] | None = None,
-                 roles: Mapping | None = None) -> list[dict]:
+                 roles: Mapping | None = None, base: nn.Module | Mapping | None = None, inputs=None,
+                 weight_decay: float | None = None) -> list[dict]:
     """Parameter groups for ``torch.optim`` under strategy ``name``: one group per learning rate.
 
     Every strategy but ``"mup"`` is the standard parametrization: one group, ``lr`` for every parameter.
     Under ``"mup"`` each parameter gets ``lr`` times ``lr_multipliers`` (``optimizer`` is ``"adam"``,
-    ``"adamw"`` or ``"sgd"``); ``base_width`` must be the one given to ``init.apply`` (None: the model's
-    own width, where muP and the standard parametrization train alike), or ``base_shapes`` those of a
-    model without an initcore config at its base width, with ``roles`` as ``init.apply`` took them (see
-    ``width_multipliers``). Weight decay is left to the
-    optimizer (under AdamW muP would keep lr x weight_decay fixed per group).
+    ``"adamw"`` or ``"sgd"``). Which dimensions grow comes from one of:
+
+    - ``base``: the same model built at its base width (any model; see ``classify``, which ``inputs``
+      lets trace the readout), as given to ``init.apply``;
+    - ``base_width``: an initcore model's config width, as given to ``init.apply`` (None: the model's own
+      width, where muP and the standard parametrization train alike);
+    - ``base_shapes``: parameter name -> shape at the base width, with ``roles`` as ``init.apply`` took them.
+
+    ``weight_decay``: each group's is ``weight_decay / multiplier``, so that lr x weight_decay, the decay
+    per step of PyTorch's AdamW (and of coupled decay), is the same at every width (the mup package's
+    ``MuAdam``/``MuSGD`` with ``decoupled_wd=False``); None leaves it to the optimizer's default.
 
     Raises:
-        ValueError: unknown strategy or optimizer, lr not a positive number, a base width the model
-            cannot be built at.
+        ValueError: unknown strategy or optimizer, lr or weight decay not a number >= 0 (lr > 0), a base
+            width the model cannot be built at, a base model without one of the model's parameters.
 
     >>> from initcore.models import MLP
     >>> groups = param_groups(MLP(8, 64, 3), "mup", lr=0.01, base_width=16)
@@ -264,17 +275,196 @@ def param_groups(model: nn.Module, name: str, *, lr: float, optimizer: str = "ad
     strategy, _ = get(name)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if weight_decay is not None and (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))
+                                     or not (weight_decay >= 0 and math.isfinite(weight_decay))):
+        raise ValueError(f"weight_decay must be a number >= 0 or None, got {weight_decay!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if base is not None and (base_width is not None or base_shapes is not None):
+        raise ValueError("give one of base (the model at its base width), base_width or base_shapes")
     params = dict(_trainable(model))
+    decay = {} if weight_decay is None else {"weight_decay": weight_decay}
     if strategy.name != "mup":
-        return [{"params": list(params.values()), "lr": lr}]
+        return [{"params": list(params.values()), "lr": lr, **decay}]
+    if base is not None:
+        mults = {c.name: class_lr_multiplier(c, optimizer)
+                 for c in classify(model, base, inputs=inputs, roles=roles).values()}
+    else:
+        mults = lr_multipliers(model, optimizer, base_width, base_shapes, roles)
     groups: dict[float, list[nn.Parameter]] = {}
-    for pname, mult in lr_multipliers(model, optimizer, base_width, base_shapes, roles).items():
+    for pname, mult in mults.items():
         if pname in params:
             groups.setdefault(mult, []).append(params[pname])
-    return [{"params": ps, "lr": lr * mult} for mult, ps in groups.items()]
+    return [{"params": ps, "lr": lr * mult, **({"weight_decay": weight_decay / mult} if decay else {})}
+            for mult, ps in groups.items()]
 
 
 def _trainable(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+# --- a model of yours: which dimensions grow, read from the same model at its base width ------------------------
+
+
+@dataclass(frozen=True)
+class MupParam:
+    """One parameter as muP sees it (Table 3): its class, its dimensions' width multipliers, its readout."""
+
+    names: tuple[str, ...]  # every name it has (a tied weight has two)
+    kind: str  # one of KINDS
+    mults: tuple[float, ...]  # (m_in, m_out) of a matrix, (m,) of a vector, () of a scalar; 1: no growth
+    fan_in: int | None = None  # a matrix's fan-in (receptive field included)
+    base_fan_in: int | None = None  # the same at the base width
+    readout: bool = False  # its matrix product gives the model's output (traced, or by shape without inputs)
+    tied: bool = False  # an embedding table that is also the readout
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+
+def shapes_of(base: nn.Module | Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape, of a model (any device, the meta device included) or as given."""
+    if isinstance(base, nn.Module):
+        return {n: tuple(p.shape) for n, p in base.named_parameters()}
+    if isinstance(base, Mapping):
+        return {n: tuple(s) for n, s in base.items()}
+    raise ValueError(f"base must be the model built at its base width (an nn.Module, on the meta device if you "
+                     f"like) or a mapping of parameter name -> shape; got {type(base).__name__}")
+
+
+def classify(model: nn.Module, base: nn.Module | Mapping[str, tuple[int, ...]], *, inputs=None,
+             roles: Mapping | None = None) -> dict[str, MupParam]:
+    """Each parameter of ``model`` as muP sees it, by comparing its shape with ``base``'s (the same model at
+    its base width), as the mup package's ``set_base_shapes`` does.
+
+    A matrix is input (only its fan-out grows), hidden (both grow), output (only its fan-in grows) or finite;
+    a vector is a vector (it grows) or finite. The readout is found by tracing one forward on ``inputs``
+    (``initcore.models.readout.traced``): it is output whatever its shape (an MLP's width x width head that
+    a task reads a few outputs of). Without ``inputs`` the readouts are the output-shaped matrices. An
+    embedding table that is also the readout (registered twice, or traced) is tied: Table 3 cannot give
+    one tensor two inits, so muP keeps its embedding init and multiplies the readout's output by
+    1 / m (the paper's Table 8 form, as mup's ``MuSharedReadout``).
+
+    Raises:
+        ValueError: ``base`` lacks a parameter, or a parameter's number of dimensions differs.
+    """
+    shapes = shapes_of(base)
+    params = param_roles(model, roles)
+    missing = [p.name for p in params if p.name not in shapes]
+    if missing:
+        raise ValueError(f"the base model has no parameter {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''}: build it with the same factory at the base width")
+    ties = readout.tied_names(model)
+    traced = readout.traced(model, inputs) if inputs is not None else None
+    weights = {p.name.removesuffix("weight") for p in params}
+    out: dict[str, MupParam] = {}
+    for p in params:
+        shape, base_shape = tuple(p.param.shape), shapes[p.name]
+        if len(shape) != len(base_shape):
+            raise ValueError(f"{p.name} has shape {shape} here and {base_shape} in the base model")
+        mults = [d / b for d, b in zip(shape, base_shape, strict=True)]
+        names = ties.get(p.name, (p.name,))
+        if p.param.dim() >= 2:
+            m_out, m_in = (mults[1], mults[0]) if p.transposed else (mults[0], mults[1])
+            fan_in = p.fans()[0]
+            is_readout = (p.name in traced) if traced is not None else (m_in != 1 and m_out == 1)
+            tied = p.role == "embedding" and (len(names) > 1 or is_readout)
+            if tied:
+                kind, is_readout = "input", True
+            elif is_readout:
+                kind, m_out = "output", 1.0
+            else:
+                kind = {(False, True): "input", (True, True): "hidden", (True, False): "output"}.get(
+                    (m_in != 1, m_out != 1), "finite")
+            out[p.name] = MupParam(names, kind, (m_in, m_out), fan_in, round(fan_in / m_in), is_readout, tied)
+        elif p.param.dim() == 1:
+            m = mults[0]
+            owner = p.name.removesuffix("bias")
+            if p.name.endswith("bias") and owner in weights and out.get(owner + "weight", None) is not None \
+                    and out[owner + "weight"].kind == "output":
+                m = 1.0  # the readout's bias: the size of its outputs
+            out[p.name] = MupParam(names, "vector" if m != 1 else "finite", (m,))
+        else:
+            out[p.name] = MupParam(names, "finite", ())
+    return out
+
+
+def prepare(model: nn.Module, roles: Mapping | None, options: dict) -> tuple[Mapping | None, dict]:
+    """``apply``'s first step under ``"mup"`` with ``base=``: the readouts become heads (their std falls as
+    1/fan_in from the base's fan-in), and a tied readout gets its output multiplier (see ``classify``)."""
+    base, inputs = options.pop("base", None), options.pop("inputs", None)
+    if base is None:
+        if inputs is not None:
+            raise ValueError("option inputs traces the readout against a base model: give base= too")
+        return roles, options
+    if options.get("base_width") is not None:
+        raise ValueError("give base (the model at its base width) or base_width (an initcore config's width), "
+                         "not both")
+    classes = classify(model, base, inputs=inputs, roles=roles)
+    heads = [c for c in classes.values() if c.kind == "output"]
+    base_fan_ins = {c.base_fan_in for c in heads}
+    if len(base_fan_ins) > 1:
+        raise ValueError(f"the readouts {', '.join(c.name for c in heads)} have different base fan-ins "
+                         f"{sorted(base_fan_ins)}; muP's base width must be one")
+    for c in classes.values():
+        if c.tied:
+            install_tied_multiplier(model, c)
+    mapped = {c.name: "head" for c in heads}
+    mapped.update({k: v for k, v in (roles or {}).items() if k not in mapped})
+    return mapped or None, {**options, "base_width": base_fan_ins.pop() if base_fan_ins else None}
+
+
+def install_tied_multiplier(model: nn.Module, c: MupParam) -> float:
+    """Put sqrt(b)/d on the output of the module that applies the tied table ``c`` as the readout (d its
+    width, b the base's); return it.
+
+    The table keeps its embedding init, constant in width; the multiplier falls as 1/d, as Table 8's 1/m
+    and mup's ``MuSharedReadout`` (its constant ``output_mult`` chosen as 1/sqrt(b)), so that the logits
+    start distributed as an untied head's, N(0, b/d²) weights, would give them: the two differ by a
+    width-independent constant under Adam, which muP leaves free.
+
+    Raises:
+        ValueError: no module but the embedding holds the table (the readout is a functional product in
+            the model's forward, which initcore cannot scale).
+    """
+    param = dict(model.named_parameters())[c.name]
+    users = [(n, m) for n, m in readout.modules_using(model, param)
+             if not isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    width = param.shape[1]
+    multiplier = math.sqrt(width / c.mults[1]) / width
+    if not users:
+        raise ValueError(f"{c.name} is a tied readout that no module applies (a product in the model's forward): "
+                         f"muP needs its logits multiplied by sqrt(base width)/width = {multiplier:g}; do it "
+                         "there, or apply the readout with a module that holds the table")
+    for _, module in users:
+        readout.set_output_multiplier(module, multiplier)
+    return multiplier
+
+
+def scale_attention(model: nn.Module) -> list[str]:
+    """Make every attention module that exposes ``scaling`` and ``head_dim`` (Hugging Face's, whose
+    ``scaling`` they pass to ``scaled_dot_product_attention``) scale its logits by 1/d_head instead of
+    1/sqrt(d_head), keeping any other factor (GPT-2's 1/(layer + 1)); return their names. Idempotent:
+    the scaling it started from is remembered."""
+    done = []
+    for name, m in model.named_modules():
+        scaling, head_dim = getattr(m, "scaling", None), getattr(m, "head_dim", None)
+        if isinstance(scaling, float) and isinstance(head_dim, int) and head_dim > 0:
+            start = m.__dict__.setdefault("_initcore_sp_scaling", scaling)
+            m.scaling = start / math.sqrt(head_dim)
+            done.append(name)
+    return done
+
+
+def class_lr_multiplier(c: MupParam, optimizer: str) -> float:
+    """The factor muP puts on one class's learning rate (the module's table; a tied table is an input)."""
+    adam = optimizer != "sgd"
+    if c.kind in ("hidden", "output"):
+        m_in, m_out = c.mults
+        return 1 / m_in if adam else m_out / m_in
+    if c.kind == "input":
+        return 1.0 if adam else c.mults[1]
+    if c.kind == "vector":
+        return 1.0 if adam else c.mults[0]
+    return 1.0

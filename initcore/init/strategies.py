@@ -26,7 +26,7 @@ from initcore.init import verify
 from initcore.init.functions import kaiming_normal_gain_, kaiming_uniform_gain_, lecun_normal_, trunc_normal_sigma_
 from initcore.init.sharded import full_modules, full_params
 from initcore.init.targets import Site, Target
-from initcore.models import structure
+from initcore.models import readout, structure
 from initcore.models.roles import ROLES, Role, RoledParam, param_roles
 from initcore.threads import one_thread
 
@@ -47,6 +47,7 @@ class Context:
 
 Rule = Callable[[torch.Tensor, RoledParam, Context], None]
 Targets = Callable[[Site], Target]  # a strategy's promise for one matrix, see initcore.init.targets
+Prepare = Callable[[nn.Module, Mapping | None, dict], tuple[Mapping | None, dict]]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class Strategy:
     config: Callable[[object], object] | None = None
     apart: tuple[str, ...] = ()  # roles the rule treats apart from "hidden": a guessed role would hide them
     targets: Targets | None = None  # what the rule draws, per matrix (None: undeclared, which tests refuse)
+    # prepare(model, roles, options) -> (roles, options): what the strategy reads of the whole model first
+    # (muP's base model: which weights are the readout), before roles are resolved
+    prepare: Prepare | None = None
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -68,7 +72,8 @@ _REGISTRY: dict[str, Strategy] = {}
 
 def register(name: str, summary: str, *, options: Mapping[str, object] | None = None, takes_gain: bool = False,
              special: Mapping[str, Rule] | None = None, config: Callable[[object], object] | None = None,
-             apart: tuple[str, ...] = (), targets: Targets | None = None) -> Callable[[Rule], Rule]:
+             apart: tuple[str, ...] = (), targets: Targets | None = None,
+             prepare: Prepare | None = None) -> Callable[[Rule], Rule]:
     """Decorator: add ``rule`` to the registry under ``name``.
 
     ``special`` maps a role to a rule called once with the whole parameter (``rule(p.param, p, ctx)``),
@@ -76,14 +81,16 @@ def register(name: str, summary: str, *, options: Mapping[str, object] | None = 
     the config the strategy needs (DeepNorm's residual multiplier); ``apply`` refuses a model built
     otherwise, and ``config_for`` hands the needed config to whoever builds the model. ``targets``
     declares what the rule draws: ``targets(site) -> Target`` for every matrix role (and for the
-    roles of ``special``), see ``initcore.init.targets``; ``promise`` reads it.
+    roles of ``special``), see ``initcore.init.targets``; ``promise`` reads it. ``prepare(model, roles,
+    options)`` returns the roles and options ``apply`` then uses (muP reads its base model there).
     """
 
     def deco(rule: Rule) -> Rule:
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} is registered twice")
         _REGISTRY[name] = Strategy(name, rule, summary, MappingProxyType(dict(options or {})), takes_gain,
-                                   MappingProxyType(dict(special or {})), config, tuple(apart), targets)
+                                   MappingProxyType(dict(special or {})), config, tuple(apart), targets,
+                                   prepare)
         return rule
 
     return deco
@@ -201,6 +208,9 @@ def apply(model: nn.Module, name: str, *, gain: float | str | None = None,
         gain = activation_gain(model)
     if strategy.config is not None:
         _check_config(strategy, getattr(model, "config", None))
+    readout.remove_output_multipliers(model)  # a multiplier muP put on a tied readout belongs to that init
+    if strategy.prepare is not None:
+        roles, options = strategy.prepare(model, roles, dict(options))
     if strategy.name == "torch_default":
         return apply_torch_default(model, generator)
     if n_layers is not None and not (isinstance(n_layers, int) and not isinstance(n_layers, bool) and n_layers > 0):
