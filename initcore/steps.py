@@ -10,6 +10,12 @@ When the step's batch is the measured one (a fixed batch, the default), the trac
 makes the step's gradients, so a step costs one forward and one backward pass. Off the CPU the probe
 copies its numbers to the host once per pass; the update and output sizes computed here stay on the
 device until one copy at the end of the run.
+
+Opt-in (``formats=``, or ``statistics="precision"`` for every format), ``frame.attrs["precision"]`` holds
+``initcore.probe.precision``'s table at every step, with ``step`` as its first column: the forward
+outputs, output gradients, weights and weight gradients of each row, and each weight's update (tensor
+``"update"``: W_{t+1} - W_t, what the optimizer adds at the step t + 1 takes, Adam's lr·m/sqrt(v), the
+quantity that shrinks as training settles); ``initcore.probe.headroom`` flags rows whose headroom falls.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 from torch import nn
 
 from initcore import probe
+from initcore.probe import precision
 
 PARAM_STATISTICS: dict[str, str] = {
     "param_rms": "rms of the parameter now, W_t",
@@ -30,6 +37,7 @@ PARAM_STATISTICS: dict[str, str] = {
     "update_ratio": "update_rms / rms of W_0 (NaN where W_0 is 0)",
 }
 OUTPUT_ROW = "output"  # the row of the prediction the loss sees (kind "output")
+UPDATE = "update"  # the precision table's tensor kind of W_{t+1} - W_t
 
 
 class Batch(NamedTuple):
@@ -66,7 +74,8 @@ def _call(model: nn.Module, inputs):
 
 def trace_steps(model: nn.Module, data: Batch | Iterable[Batch], optimizer: torch.optim.Optimizer, steps: int,
                 loss: Loss, *, readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                measure_on: Batch | None = None, select=None, statistics="all") -> pd.DataFrame:
+                measure_on: Batch | None = None, select=None, statistics="all", formats=None,
+                loss_scale: float = 1.0) -> pd.DataFrame:
     """Probe frames of ``model`` at step 0 and after each of ``steps`` steps of ``optimizer``, one frame.
 
     Args:
@@ -80,7 +89,13 @@ def trace_steps(model: nn.Module, data: Batch | Iterable[Batch], optimizer: torc
             k columns of an MLP whose last layer is as wide as the others.
         measure_on: the batch every step is measured on (default: the first batch), so that h_t - h_0
             compares outputs of one input. A step on another batch costs a second forward-backward pass.
-        select, statistics: passed to ``probe.trace``.
+        select, statistics: passed to ``probe.trace``; ``statistics="precision"``: "all", and the precision
+            table of every format (``formats=None``).
+        formats: opt-in: a format, several (``precision.FORMATS``) or None (no precision table unless
+            ``statistics="precision"``): ``frame.attrs["precision"]`` is ``precision.trace``'s table at every
+            step (``step`` first), plus, at steps 0 .. steps - 1, tensor ``"update"`` (``UPDATE``) for each
+            parameter a row holds: W_{t+1} - W_t, the step t + 1's update, on that row.
+        loss_scale: gradients' factor in the precision table (``precision.trace``).
 
     Returns:
         The probe's columns plus ``step`` (0 .. steps; row t is the model after t steps, its gradients
@@ -91,10 +106,15 @@ def trace_steps(model: nn.Module, data: Batch | Iterable[Batch], optimizer: torc
         that the change is the steps' own, not dropout's.
 
     Raises:
-        ValueError: steps negative, data that is not batches or runs out; the probe's own errors.
+        ValueError: steps negative, data that is not batches or runs out; an unknown format or a bad loss
+            scale (``precision.formats_of``, ``check_loss_scale``); the probe's own errors.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if isinstance(statistics, str) and statistics == "precision":
+        statistics, formats = "all", precision.FORMATS if formats is None else formats
+    fmts = precision.formats_of(formats) if formats is not None else ()
+    factor, named = precision.check_loss_scale(loss_scale), [f.name for f in fmts]
     readout = readout or (lambda out: out)
     batches = _batches(data, steps)
     first = next(batches) if steps else (data if isinstance(data, Batch) else None)
@@ -118,11 +138,19 @@ def trace_steps(model: nn.Module, data: Batch | Iterable[Batch], optimizer: torc
     # per step, as 0-d tensors stacked on the device: the norms of W_t and of W_t - W_0 per parameter, then of
     # the prediction and its change (float32 norms: 1e-6 relative, plenty); divided into rms on the host
     frames, numbers = [], []
+    tables: list[pd.DataFrame] = []  # per step, the precision table (formats asked for)
+    updates: list[pd.DataFrame] = []  # per step: the precision table of W_{t+1} - W_t, parameter by parameter
     reference = None
     batch = first
     for t in range(steps + 1):
-        frame = probe.trace(model, measured.inputs, measured_loss, select=select, statistics=statistics,
-                            keep_outputs=t == 0, reference=reference)
+        if fmts:
+            frame = precision.trace(model, measured.inputs, measured_loss, formats=named, loss_scale=factor,
+                                    select=select, statistics=statistics, keep_outputs=t == 0,
+                                    reference=reference)
+            tables.append(frame.attrs.pop("precision"))
+        else:
+            frame = probe.trace(model, measured.inputs, measured_loss, select=select, statistics=statistics,
+                                keep_outputs=t == 0, reference=reference)
         if t == 0:
             reference = frame.attrs.pop("outputs")
             frame["act_change_rms"] = 0.0
@@ -138,14 +166,47 @@ def trace_steps(model: nn.Module, data: Batch | Iterable[Batch], optimizer: torc
         if batch is not measured:
             optimizer.zero_grad(set_to_none=True)
             loss(readout(_call(model, batch.inputs)), batch.targets).backward()
+        if fmts:
+            with torch.no_grad():
+                before = [p.detach().clone() for _, p in params]
         optimizer.step()
+        if fmts:
+            with torch.no_grad():
+                moved = nn.ParameterList([nn.Parameter(p.detach() - b, requires_grad=False)
+                                          for (_, p), b in zip(params, before, strict=True)])
+                updates.append(precision.parameters(moved, named))  # one table, one copy, a step
+            del before, moved
         batch = next(batches, None)
     n = len(params)
     host = torch.cat([torch.stack(numbers).flatten()] + ([torch.stack(w0_norm)] if params else []))
     host = host.double().cpu().numpy()  # the run's one copy of its own numbers
     sizes = np.sqrt(np.maximum([p.numel() for _, p in params] * 2 + [pred.numel()] * 2, 1))
     rms = host[: len(numbers) * (2 * n + 2)].reshape(len(numbers), 2 * n + 2) / sizes
-    return _to_frame(frames, params, rms, host[len(numbers) * (2 * n + 2):] / sizes[:n])
+    frame = _to_frame(frames, params, rms, host[len(numbers) * (2 * n + 2):] / sizes[:n])
+    if fmts:
+        frame.attrs["precision"] = _precision_table(tables, updates, [name for name, _ in params])
+    return frame
+
+
+def _precision_table(tables: list[pd.DataFrame], updates: list[pd.DataFrame], names: list[str]) -> pd.DataFrame:
+    """The steps' precision tables, each followed by its updates' rows, in one frame (``step`` first).
+
+    An update has rows where its parameter has weight rows in the step's table (the rows ``precision.trace``
+    measures, each parameter once): the same module, kind and layer, tensor ``UPDATE``."""
+    parts = []
+    for t, table in enumerate(tables):
+        parts.append(table.assign(step=t))
+        if t < len(updates):
+            weights = table[table["tensor"] == "weight"].drop_duplicates("param").set_index("param")
+            param = np.array(names, dtype=object)[updates[t]["param"].astype(int).to_numpy()]  # "0", "1", ...
+            held = pd.Index(param).isin(weights.index)
+            where = weights.reindex(param[held])
+            moved = updates[t][held].assign(module=where["module"].to_numpy(), kind=where["kind"].to_numpy(),
+                                            layer=where["layer"].to_numpy(np.int64), tensor=UPDATE,
+                                            param=param[held], step=t)
+            parts.append(moved)
+    out = pd.concat(parts, ignore_index=True)
+    return out[["step", *precision.COLUMNS]]
 
 
 def _first_index(name: str) -> int:

@@ -6,12 +6,14 @@ import copy
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 from initcore import init, probe
 from initcore.models import MLP
+from initcore.probe import precision
 from initcore.steps import PARAM_STATISTICS, Batch, trace_steps
 
 
@@ -162,3 +164,117 @@ def test_bad_input_says_what_is_valid(steps, data, match):
         data = batch
     with pytest.raises(ValueError, match=match):
         trace_steps(model, data, torch.optim.SGD(model.parameters(), lr=0.01), steps, _loss, readout=_readout)
+
+
+# --- precision over the steps (opt-in: formats=) -------------------------------------------------------------
+
+PRECISION_FORMATS = ("float16", "float8_e4m3fn", "float8_e5m2")
+
+
+def _replay_tensors(model, batch, steps, lr):
+    """Adam's steps by hand, and per step what the precision table measures: each row's output and its
+    gradient, each weight and its gradient, and the update the next step adds (x: the table scales them)."""
+    model = copy.deepcopy(model)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    found = []
+    for t in range(steps + 1):
+        model.zero_grad(set_to_none=True)
+        out, rows = batch.inputs, {}
+        for i, (linear, act) in enumerate(zip(model.layers, model.acts, strict=True)):
+            out = act(linear(out))
+            out.retain_grad()
+            rows[f"layers.{i}"] = out
+        _loss(_readout(out), batch.targets).backward()
+        tensors = {}
+        for name, h in rows.items():
+            tensors[(name, "output", "")] = h.detach().clone()
+            tensors[(name, "output_grad", "")] = h.grad.clone()
+        weights = {f"layers.{i}": linear.weight for i, linear in enumerate(model.layers)}
+        for name, w in weights.items():
+            tensors[(name, "weight", f"{name}.weight")] = w.detach().clone()
+            tensors[(name, "weight_grad", f"{name}.weight")] = w.grad.clone()
+        found.append(tensors)
+        if t == steps:
+            break
+        before = {name: w.detach().clone() for name, w in weights.items()}
+        opt.step()
+        for name, w in weights.items():
+            tensors[(name, "update", f"{name}.weight")] = w.detach() - before[name]
+    return found
+
+
+def _cast_fractions(x: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[float, float, float]:
+    """flushed, subnormal, overflow fractions of x's nonzero entries by a cast of x·scale (limits from finfo)."""
+    info = torch.finfo(dtype)
+    y = x * scale
+    c = y.to(dtype).float()
+    over = ~torch.isfinite(c) | ((y / 2).to(dtype).float().abs() * 2 > info.max)  # a saturating cast clips
+    nz = x != 0
+    n = nz.sum().item()
+    return (((c == 0) & nz).sum().item() / n, ((c != 0) & (c.abs() < info.smallest_normal)).sum().item() / n,
+            (over & nz).sum().item() / n)
+
+
+def test_precision_per_step_equals_a_direct_cast_of_the_steps_tensors():
+    from initcore.steps import UPDATE
+
+    model, batch = _setup()
+    steps, lr, loss_scale = 3, 0.01, 1024.0
+    expected = _replay_tensors(model, batch, steps, lr)
+    frame = trace_steps(model, batch, torch.optim.Adam(model.parameters(), lr=lr), steps, _loss, readout=_readout,
+                        formats=PRECISION_FORMATS, loss_scale=loss_scale)
+    table = frame.attrs["precision"]
+    assert list(table.columns[:2]) == ["step", "module"]
+    checked = set()
+    for t, tensors in enumerate(expected):
+        at = table[table["step"] == t]
+        kinds = set(at["tensor"])
+        assert kinds == {"output", "output_grad", "weight", "weight_grad"} | ({UPDATE} if t < steps else set())
+        for (module, kind, param), x in tensors.items():
+            rows = at[(at["module"] == module) & (at["tensor"] == kind) & (at["param"] == param)]
+            assert len(rows) == 2 * len(PRECISION_FORMATS), (t, module, kind)
+            for _, r in rows.iterrows():
+                dtype = getattr(torch, r["format"])
+                if r["scaling"] == "none":  # gradients under the loss scale, the rest as they are
+                    assert r["scale"] == (loss_scale if kind.endswith("_grad") else 1.0)
+                fractions = _cast_fractions(x, r["scale"], dtype)
+                assert (r["flushed"], r["subnormal"], r["overflow"]) == pytest.approx(fractions, abs=0), \
+                    (t, module, kind, r["format"], r["scaling"])
+                amax = float(x.abs().max()) * r["scale"]
+                assert r["amax"] == pytest.approx(amax, rel=1e-6)
+                assert r["headroom_bits"] == pytest.approx(math.log2(torch.finfo(dtype).max / amax), abs=1e-6)
+                checked.add((kind, r["format"]))
+    assert len(checked) == 5 * len(PRECISION_FORMATS)
+    # Adam's first update is lr·sign(g): every entry (of a nonzero gradient) +-lr, below e4m3fn's 2^-6
+    first = table[(table["step"] == 0) & (table["tensor"] == UPDATE) & (table["scaling"] == "none")]
+    assert np.allclose(first["amax"], lr, rtol=1e-5)
+    assert (first.loc[first["format"] == "float8_e4m3fn", "subnormal"] == 1).all()
+
+
+def test_precision_is_opt_in_and_changes_nothing_else():
+    model, batch = _setup()
+    twin = copy.deepcopy(model)
+    plain = trace_steps(model, batch, torch.optim.Adam(model.parameters(), lr=0.01), 2, _loss, readout=_readout)
+    asked = trace_steps(twin, batch, torch.optim.Adam(twin.parameters(), lr=0.01), 2, _loss, readout=_readout,
+                        formats="bfloat16")
+    assert "precision" not in plain.attrs
+    assert set(asked.attrs["precision"]["format"]) == {"bfloat16"}
+    assert set(asked.attrs["precision"]["step"]) == {0, 1, 2}
+    asked.attrs.clear()
+    pd.testing.assert_frame_equal(plain, asked)
+    for (name, w), v in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(w, v, rtol=0, atol=0, msg=name)  # the same steps taken
+    everything = trace_steps(model, batch, torch.optim.SGD(model.parameters(), lr=0.01), 1, _loss,
+                             readout=_readout, statistics="precision")
+    assert set(everything.attrs["precision"]["format"]) == set(precision.FORMATS)
+
+
+@pytest.mark.parametrize("formats, loss_scale, match", [
+    ("float17", 1.0, "unknown format 'float17'; valid: float16, bfloat16"),
+    ("float16", 0.0, "loss_scale must be a positive finite number"),
+])
+def test_bad_precision_input_says_what_is_valid(formats, loss_scale, match):
+    model, batch = _setup()
+    with pytest.raises(ValueError, match=match):
+        trace_steps(model, batch, torch.optim.Adam(model.parameters(), lr=0.01), 1, _loss, readout=_readout,
+                    formats=formats, loss_scale=loss_scale)
