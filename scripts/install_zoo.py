@@ -1,6 +1,6 @@
 """Install initcore's ``zoo`` extra (transformers, and the torchvision that matches the installed torch) and
-the ``mup`` package (the peer of initcore's muP) into the Python that runs this script, without ever
-replacing its torch.
+the peers (``mup``, of initcore's muP; ``unit-scaling``, of the precision table's amax) into the Python that
+runs this script, without ever replacing its torch.
 
     python scripts/install_zoo.py             # install; exit 1, loudly, if torch changed anyway
     python scripts/install_zoo.py --dry-run   # pip's plan only (its --dry-run --report); exit 1 if it holds torch
@@ -46,8 +46,11 @@ TORCHVISION_PURE_DEPS = ("numpy", "pillow")  # its Requires-Dist besides torch (
 # and torchvision (mup 1.0.0: numpy, pandas, pyyaml, seaborn, torch, torchvision, tqdm), so pip would replace
 # torch for it too: it comes with --no-deps, and of the rest what `import mup` needs (pyyaml, tqdm; seaborn
 # only for its plots, which initcore draws itself).
-PEERS = ("mup==1.0.0",)
-PEERS_PURE_DEPS = ("pyyaml", "tqdm")
+# unit-scaling, the peer of the precision table's amax (tests/probe/test_unit_scaling_peer.py), requires torch>=2.2
+# besides three pure packages (0.3.5: docstring-parser, einops, tabulate; its "analysis" extra's plots are not
+# needed): it too comes with --no-deps.
+PEERS = ("mup==1.0.0", "unit-scaling==0.3.5")
+PEERS_PURE_DEPS = ("pyyaml", "tqdm", "docstring-parser", "einops", "tabulate")
 MIN_TORCH = (2, 5)  # transformers 5.x disables its torch models below torch 2.5 (utils/import_utils.py)
 # What a user of the environment runs without importing initcore first: it must work once the script is done.
 FRESH_IMPORT = "import torchvision; from transformers import GPT2LMHeadModel, LlamaForCausalLM"
@@ -106,7 +109,7 @@ def installed_torch(python: str) -> tuple[str, str]:
 def plan(torch_version: str, requirements: list[str], torchvision: str) -> list[list[str]]:
     """The pip commands (arguments after ``pip``) that install the extra; ``{constraint}`` stands for a
     constraint file holding ``torch==<torch_version>``, so that no step can change torch: the extra's
-    requirements, then torchvision and the mup peer alone (``--no-deps``: their other requirements that
+    requirements, then torchvision and the peers alone (``--no-deps``: their other requirements that
     matter are pure and installed in the first step)."""
     hold = ["--constraint", "{constraint}"]
     return [["install", *hold, *requirements, *TORCHVISION_PURE_DEPS, *PEERS_PURE_DEPS],

@@ -94,7 +94,8 @@ def test_every_step_holds_torch_and_torchvision_comes_without_its_dependencies()
 def test_pip_would_not_touch_torch(tmp_path):
     """pip's own dry run of the script's plan (--dry-run --report) installs no torch; and for the one step
     whose packages require torch (torchvision==0.28.0 requires torch==2.13.0, mup 1.0.0 any torch and
-    torchvision), not even into an environment without any of the packages (--ignore-installed)."""
+    torchvision, unit-scaling 0.3.5 torch>=2.2), not even into an environment without any of the packages
+    (--ignore-installed)."""
     done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "pip would install:" in done.stdout and "torch==" not in done.stdout.split("pip would install:")[1]
@@ -103,7 +104,7 @@ def test_pip_would_not_touch_torch(tmp_path):
     hold = tmp_path / "hold-torch.txt"
     hold.write_text(f"torch=={torch_version}\n")
     found = install_zoo.would_install(sys.executable, [step], str(hold), [], ignore_installed=True)
-    assert sorted(name for name, _ in found) == ["mup", "torchvision"], found
+    assert sorted(name for name, _ in found) == ["mup", "torchvision", "unit-scaling"], found
 
 
 # --- the torchvision shim -------------------------------------------------------------------------------------
