@@ -339,12 +339,14 @@ def classify(model: nn.Module, base: nn.Module | Mapping[str, tuple[int, ...]], 
     its base width), as the mup package's ``set_base_shapes`` does.
 
     A matrix is input (only its fan-out grows), hidden (both grow), output (only its fan-in grows) or finite;
-    a vector is a vector (it grows) or finite. The readout is found by tracing one forward on ``inputs``
-    (``initcore.models.readout.traced``): it is output whatever its shape (an MLP's width x width head that
-    a task reads a few outputs of). Without ``inputs`` the readouts are the output-shaped matrices. An
+    a vector is a vector (it grows) or finite; a module's declared ``head`` is output (initcore's MLP head
+    is width x width, of which a task reads a few outputs). The readout, what produces the model's output,
+    is found by tracing one forward on ``inputs`` (``initcore.models.readout.traced``): of wav2vec2's
+    several output-shaped Linear layers (mup issue #4) it names the one the loss reads; all of them are
+    output weights by Table 3. Without ``inputs`` the readouts are the output-shaped matrices. An
     embedding table that is also the readout (registered twice, or traced) is tied: Table 3 cannot give
     one tensor two inits, so muP keeps its embedding init and multiplies the readout's output by
-    1 / m (the paper's Table 8 form, as mup's ``MuSharedReadout``).
+    sqrt(b)/d (the paper's Table 8 form, as mup's ``MuSharedReadout``; see ``install_tied_multiplier``).
 
     Raises:
         ValueError: ``base`` lacks a parameter, or a parameter's number of dimensions differs.
@@ -372,11 +374,10 @@ def classify(model: nn.Module, base: nn.Module | Mapping[str, tuple[int, ...]], 
             tied = p.role == "embedding" and (len(names) > 1 or is_readout)
             if tied:
                 kind, is_readout = "input", True
-            elif is_readout:
-                kind, m_out = "output", 1.0
+            elif (p.role == "head" and not p.inferred) or (m_in != 1 and m_out == 1):
+                kind, m_out = "output", 1.0  # a declared head's outputs are read, not grown (an MLP's)
             else:
-                kind = {(False, True): "input", (True, True): "hidden", (True, False): "output"}.get(
-                    (m_in != 1, m_out != 1), "finite")
+                kind = {(False, True): "input", (True, True): "hidden"}.get((m_in != 1, m_out != 1), "finite")
             out[p.name] = MupParam(names, kind, (m_in, m_out), fan_in, round(fan_in / m_in), is_readout, tied)
         elif p.param.dim() == 1:
             m = mults[0]

@@ -29,6 +29,9 @@ _THROUGH = ("TBackward0", "TransposeBackward0", "TransposeBackward1", "PermuteBa
             "CloneBackward0", "MulBackward1", "DivBackward1", "AliasBackward0", "SliceBackward0",
             "UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1")
 
+# Products of a tensor and a constant (``w * 0.5``): through them when only one operand has a gradient.
+_SCALINGS = ("MulBackward0", "DivBackward0")
+
 
 def call(model: nn.Module, inputs: Any) -> Any:
     """``model(inputs)``: a dict as keywords, a tuple or list as positional arguments, else one argument."""
@@ -64,7 +67,8 @@ def _weights_behind(node, names: dict[int, str]) -> set[str]:
             var = n.variable
             if id(var) in names and var.dim() >= 2:
                 found.add(names[id(var)])
-        elif type(n).__name__ in _THROUGH:
+        elif type(n).__name__ in _THROUGH or (type(n).__name__ in _SCALINGS
+                                               and sum(f is not None for f, _ in n.next_functions) == 1):
             stack.extend(f for f, _ in n.next_functions)
     return found
 
