@@ -352,7 +352,9 @@ def classify(model: nn.Module, base: nn.Module | Mapping[str, tuple[int, ...]], 
         ValueError: ``base`` lacks a parameter, or a parameter's number of dimensions differs.
     """
     shapes = shapes_of(base)
-    params = param_roles(model, roles)
+    roled = {p.name: p for p in param_roles(model, roles, strict=False)}
+    # a parameter no module or mapping gives a role: stored (fan_out, fan_in, ...), as torch's layers are
+    params = [roled.get(n) or RoledParam(n, "", p, inferred=True) for n, p in model.named_parameters()]
     missing = [p.name for p in params if p.name not in shapes]
     if missing:
         raise ValueError(f"the base model has no parameter {', '.join(missing[:5])}"

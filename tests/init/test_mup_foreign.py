@@ -161,3 +161,28 @@ def test_hugging_face_attention_is_scaled_by_one_over_d_head_once() -> None:
     assert mup.scale_attention(model) == names  # idempotent
     assert all(model.get_submodule(n).scaling == pytest.approx(1 / 16) for n in names)  # d_head 16
     assert not torch.allclose(model(ids).logits, before)
+
+
+@needs_zoo
+def test_a_hugging_face_llama_at_two_widths_gets_table_3s_classes() -> None:
+    def llama(hidden: int, intermediate: int):
+        return zoo.llama(0, n_layer=2, hidden=hidden, n_head=4, n_kv_head=2, intermediate=intermediate,
+                         vocab_size=97, seq_len=8)
+
+    (model, batch), (base, _) = llama(256, 1024), llama(64, 256)
+    kinds = {n.replace("model.layers.0.", ""): c.kind for n, c in mup.classify(model, base, inputs=batch).items()
+             if ".1." not in n}
+    assert kinds == {"model.embed_tokens.weight": "input", **dict.fromkeys(
+        ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+         "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"], "hidden"),
+        "input_layernorm.weight": "vector", "post_attention_layernorm.weight": "vector",
+        "model.norm.weight": "vector", "lm_head.weight": "output"}
+    init.apply(model, "mup", base=base, inputs=batch, roles={"*norm.weight": "norm"},
+               generator=torch.Generator().manual_seed(0))
+    assert model.lm_head.weight.std().item() == pytest.approx(math.sqrt(64) / 256, rel=0.1)  # 24832 draws
+    # A factory that keeps d_ff fixed makes the feed-forward a bottleneck: gate and up are output weights.
+    (fixed, batch), (fixed_base, _) = llama(256, 344), llama(64, 344)
+    classes = mup.classify(fixed, fixed_base, inputs=batch)
+    assert classes["model.layers.0.mlp.up_proj.weight"].kind == "output"
+    assert classes["model.layers.0.mlp.down_proj.weight"].kind == "input"
+    assert [n for n, c in classes.items() if c.readout] == ["lm_head.weight"]
