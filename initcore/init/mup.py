@@ -28,6 +28,12 @@ built at ``base_width`` (MLP ``width``; transformer ``d_model``, with ``d_ff`` i
 same ``n_heads``, so d_head grows), on the meta device; a dimension that differs from the base one grows.
 A ``head``'s fan-out never does: it is the readout, whatever its size (an MLP's head is width x width;
 a task that reads a few of its outputs, as the coordinate check does, makes it a readout).
+
+A model initcore did not write gives its base as a model: ``apply(model, "mup", base=factory(width=b),
+inputs=batch)`` and ``param_groups(model, "mup", lr=..., base=...)`` compare every parameter's shape with
+the base's (``classify``), trace the readout through one forward on ``inputs``, and handle a tied embedding
+as the paper does: the table keeps its embedding init and the readout's output is multiplied by sqrt(b)/d
+(``install_tied_multiplier``). Hugging Face attention modules take 1/d_head from ``scale_attention``.
 """
 
 from __future__ import annotations
