@@ -159,3 +159,34 @@ def test_plain_parameters_pass_through_untouched():
     modules = list(model.modules())
     assert list(sharded.full_modules(modules)) == modules
     assert not sharded.is_dtensor(model.layers[0].weight)
+
+
+def mup_classes_and_lrs_of_a_sharded_model(parallel: str) -> tuple[dict, dict]:
+    """muP's classes and learning rates of a sharded transformer against a base on the meta device."""
+    from initcore.init import mup
+
+    cfg = mup.mup_config(SMALL)
+    with torch.device("meta"):
+        base = Transformer.from_config(mup.base_config(cfg, 16))
+    model = _sharded_model(cfg, parallel)
+    kinds = {n: (c.kind, c.mults) for n, c in mup.classify(model, base).items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = init.param_groups(model, "mup", lr=1.0, base=base)
+    return kinds, {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("parallel", ["fsdp", "tp"])
+def test_mup_reads_the_full_shapes_of_sharded_parameters(parallel):
+    # mup's infshape is lost under FSDP (microsoft/mup issue #59); a DTensor's shape is the full one, so
+    # every rank classifies as one process does, whatever its shard.
+    from initcore.init import mup
+
+    cfg = mup.mup_config(SMALL)
+    one = Transformer.from_config(cfg)
+    base = Transformer.from_config(mup.base_config(cfg, 16))
+    kinds = {n: (c.kind, c.mults) for n, c in mup.classify(one, base).items()}
+    names = {id(p): n for n, p in one.named_parameters()}
+    lrs = {names[id(p)]: g["lr"] for g in init.param_groups(one, "mup", lr=1.0, base=base) for p in g["params"]}
+    assert {k for k, _ in kinds.values()} >= {"input", "hidden", "vector"}
+    for rank_kinds, rank_lrs in group(2).run(mup_classes_and_lrs_of_a_sharded_model, parallel, timeout_s=SLOW_S):
+        assert rank_kinds == kinds and rank_lrs == lrs
