@@ -16,9 +16,11 @@ against float ones, or, without targets, against a fixed N(0, 1) target of the p
 must not grow with width: a readout). The prediction is the output, its ``logits`` (Hugging Face), or
 its first element. Which dimensions grow is read from the model's shapes at two widths (as the mup
 package's ``set_base_shapes`` does): a matrix whose fan-in grows and whose fan-out does not is a readout,
-its module's row is the ``output`` row's, and under ``init="mup"`` it is the head (initialized at 0)
-and the learning rates come from the shapes at ``base_width``. ``init=None`` keeps the factory's own
-init and trains with one learning rate.
+under ``init="mup"`` the head (initialized at 0) at every width, the base's included. muP is
+``init.apply(model, "mup", base=<shapes at base_width>, inputs=...)`` and ``init.param_groups`` with the
+same base (``initcore.init.mup.classify``): an embedding table tied to the readout keeps its init and its
+readout's output is multiplied by sqrt(base)/width. The modules that apply the traced readout are the
+``output`` row's, left out. ``init=None`` keeps the factory's own init and trains with one learning rate.
 
 ``verdicts`` says per coordinate and step whether it is flat in width (|slope| <= ``MAX_SLOPE``),
 grows, shrinks, did not move at some width (no slope), or is one of the run's declared exceptions;
@@ -56,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from initcore import init
-from initcore.models import MLP, Transformer, TransformerConfig, param_roles
+from initcore.models import MLP, Transformer, TransformerConfig, param_roles, readout
 from initcore.models.readout import prediction
 from initcore.steps import Batch, trace_steps
 
@@ -389,23 +391,35 @@ class FactoryLoss:
 
 def _build_user(run: CoordRun, width: int, seed: int, device, tamper: Tamper | None):
     model, inputs, targets = _made(run, width, seed)
-    heads = readouts(run, model, seed)
-    base_shapes = None
+    roles = dict(run.roles)
+    base = {}
+    if run.init == "mup":
+        # which dimensions grow: the shapes at the base width; the readout traced on the inputs (a tied one gets
+        # its output multiplier there). The heads, read from the shapes at two widths, are declared: at the
+        # base width itself no dimension has grown, and a readout must be the head there too (its zero init)
+        base = {"base": _shapes_at(run, seed, run.base)}
+        roles.update({name: "head" for name in sorted(readouts(run, model, seed))})
+    roles = roles or None
     if run.init is not None:
-        mup = {}
-        if run.init == "mup":
-            base_shapes = _shapes_at(run, seed, run.base)
-            mup = {"base_width": run.base}
-        roles = {**dict(run.roles), **({name: "head" for name in sorted(heads)} if run.init == "mup" else {})}
-        init.apply(model, run.init, generator=torch.Generator().manual_seed(seed), roles=roles or None, **mup,
-                   **run.strategy_options)
+        init.apply(model, run.init, generator=torch.Generator().manual_seed(seed), roles=roles,
+                   **base, **({"inputs": inputs} if base else {}), **run.strategy_options)
     model.to(device)
+    batch = Batch(_to(inputs, device), _to(targets, device))
     groups = init.param_groups(model, run.init or "standard", lr=run.learning_rate, optimizer=run.optimizer,
-                               base_shapes=base_shapes, roles=dict(run.roles) or None)
+                               roles=roles, **base, **({"inputs": batch.inputs} if base else {}))
     if tamper is not None:
         tamper(model, groups, width)
-    moved = (_to(inputs, device), _to(targets, device))
-    return model, Batch(*moved), _optimizer(run, groups)
+    return model, batch, _optimizer(run, groups)
+
+
+def readout_modules(model: nn.Module, inputs: Any) -> set[str]:
+    """Names of the modules that apply a factory's readout to ``inputs`` (traced, ``initcore.models.readout``):
+    their rows are the ``output`` row's. A tied table's readout is the module that multiplies by it, not
+    its embedding."""
+    params = dict(model.named_parameters())
+    return {name for weight in readout.traced(model, inputs)
+            for name, m in readout.modules_using(model, params[weight])
+            if not isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
 
 
 def _to(x: Any, device) -> Any:
@@ -454,8 +468,7 @@ def _measure_user(run: CoordRun, seed: int, device, tamper: Tamper | None) -> pd
                              "draw them from the seed before anything that depends on the width")
         frame = trace_steps(model, batch, optimizer, run.steps, loss, readout=prediction, statistics=USER_STATISTICS)
         frame.insert(0, "width", width)
-        heads = {name.rsplit(".", 1)[0] for name in readouts(run, model, seed)}
-        frames.append(frame[~frame["module"].isin(heads)])
+        frames.append(frame[~frame["module"].isin(readout_modules(model, batch.inputs))])
     return pd.concat(frames, ignore_index=True)
 
 

@@ -231,6 +231,44 @@ def test_a_factory_gets_mup_learning_rates_from_its_shapes():
     assert [g["lr"] for g in own.param_groups] == [lr]
 
 
+class TiedLM(TinyLM):
+    """TinyLM whose readout is its embedding table (tied, as GPT-2's lm_head and wte)."""
+
+    def __init__(self, width: int, vocab: int = 32) -> None:
+        super().__init__(width, vocab)
+        self.lm_head.weight = self.wte.weight
+
+
+def tied_factory(seed: int, width: int):
+    g = torch.Generator().manual_seed(seed)
+    idx, targets = torch.randint(0, 32, (4, 8), generator=g), torch.randint(0, 32, (4, 8), generator=g)
+    return TiedLM(width), idx, targets
+
+
+def test_at_the_base_width_the_readout_is_the_zero_head_too():
+    # the base width (the smallest) is one of the run's widths: its readout must start as every other
+    # width's does, though no dimension has grown there
+    run = CoordRun(lm_factory, "mup", widths=(16, 32))
+    for width in run.widths:
+        model, _, _ = coord.build(run, width, seed=0)
+        assert torch.count_nonzero(model.lm_head.weight) == 0, width
+
+
+def test_a_tied_readout_keeps_its_table_gets_its_multiplier_and_its_row_is_the_output():
+    from initcore.models import readout
+
+    run = CoordRun(tied_factory, "mup", widths=(16, 64))
+    model, _, opt = coord.build(run, 64, seed=0)
+    assert readout.output_multipliers(model) == {"lm_head": pytest.approx(16**0.5 / 64)}  # sqrt(base) / width
+    assert model.wte.weight.std().item() == pytest.approx(1.0, rel=0.1)  # the embedding's N(0, 1), 2048 draws
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(model.wte.weight)] == pytest.approx(coord.DEFAULT_LR["adam"])  # an input weight under Adam
+    frame = coord.measure(run, seed=0)
+    modules = set(frame["module"])
+    assert "lm_head" not in modules and {"wte", "output"} <= modules
+    assert coord.passed(coord.verdicts(frame))
+
+
 def drifting_inputs(seed: int, width: int):
     return nn.Linear(4, 2), torch.randn(3, 4, generator=torch.Generator().manual_seed(seed + width))
 
