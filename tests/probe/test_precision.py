@@ -32,7 +32,12 @@ def _tensors(seed: int) -> list[torch.Tensor]:
     spread *= torch.randint(0, 2, spread.shape, generator=g) * 2 - 1
     spread[::97] = 0
     bounds = torch.cat([_boundaries(precision.format_of(name)) for name in precision.FORMATS])
-    return [*normal, spread, torch.cat([bounds, -bounds, torch.zeros(3)])]
+    # counting's other routes (precision._below): 1% of outliers past every format's max (keys in the top tail),
+    # half the entries zero, as after a ReLU (the count of zeros in the bulk)
+    outliers = torch.randn(4096, generator=g) * 1e-3
+    outliers[::101] *= 1e8
+    relu = torch.randn(4096, generator=g).clamp(min=0)
+    return [*normal, spread, outliers, relu, torch.cat([bounds, -bounds, torch.zeros(3)])]
 
 
 def _cast_fractions(x: torch.Tensor, scale: float, fmt: precision.Format) -> tuple[float, float, float]:
