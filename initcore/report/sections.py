@@ -652,6 +652,8 @@ def collect(seed: int = 0, runs: ReportRuns | None = None, bands: SeedBands | No
     sections.append(_attention_section(runs, seed))
     sections.append(_mha_trap_section(runs, seed))
     sections.append(_width_section(runs, seed))
+    from initcore.report import precision  # here: it builds on this module's Section
+    sections.append(precision.section(runs, seed))
     sections.append(Section("diagnosis", "Diagnosis of every run (initcore.diagnose)",
                             "The symptoms found in each run's trace, with their evidence; empty means healthy.",
                             _diagnosis_table(traced)))

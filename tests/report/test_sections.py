@@ -17,7 +17,7 @@ from initcore.report import page, sections
 from .conftest import SEED
 
 FIGURES = ("depth_std", "depth_mean", "depth_grad", "weights", "xavier_ratio", "activation_grid", "failures",
-           "transformer", "signal_propagation", "depth_scaling", "attention", "mha_trap", "width")
+           "transformer", "signal_propagation", "depth_scaling", "attention", "mha_trap", "width", "precision")
 TABLES_ONLY = ("diagnosis", "symptoms", "baselines")
 
 _TRACES: dict = {}
