@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 import pandas as pd
@@ -180,7 +180,7 @@ _SAMPLE = 512  # entries of a larger tensor's sample (a strided view, sorted: ~2
 _TAIL = 64  # a key with at most 1/_TAIL of the sample beyond it is in a tail
 
 
-def _below(ab: np.ndarray, keys: list[int], top: int, less: np.ndarray) -> dict[int, int]:
+def _below(ab: np.ndarray, keys: Sequence[int], top: int, less: np.ndarray) -> dict[int, int]:
     """key -> count of ``ab`` (float32 bits of |x|) below it, exactly, for sorted distinct keys.
 
     A pass per key (a compare and a count, 30 us on 256k entries) cost two thirds of a 512 x 512 weight's
@@ -238,13 +238,22 @@ def host_counts(f: torch.Tensor, fmts: Sequence[Format], factor: float) -> list[
     top = int(ab.max()) if n else 0
     mean, std = _host_moments(f.numpy())
     amax = float(np.uint32(top).view(np.float32))
-    wanted = [(_exponent(amax, fmt), fmt) for fmt in fmts]
-    keys = [[*fmt.keys(factor), *fmt.keys(2.0**k)] for k, fmt in wanted]
-    below = _below(ab, sorted({1, *(key for row in keys for key in row)}), top, less)  # 1: the zeros
+    ks = tuple(_exponent(amax, fmt) for fmt in fmts)
+    rows, keys = _keys_of(tuple(fmts), factor, ks)
+    below = _below(ab, keys, top, less)
     values = [float(n), float(n - below[1]), amax, mean, std]
-    for (k, _), row in zip(wanted, keys, strict=True):
+    for k, row in zip(ks, rows, strict=True):
         values += [float(k), *(float(below[key]) for key in row)]
     return values
+
+
+@lru_cache(maxsize=1024)
+def _keys_of(fmts: tuple[Format, ...], factor: float, ks: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], ...],
+                                                                                     tuple[int, ...]]:
+    """Per format its six keys (unscaled under ``factor``, scaled by 2^k), and all of them sorted and distinct
+    with 1 (the zeros): the same few combinations recur tensor after tensor (10 us a tensor to rebuild)."""
+    rows = tuple((*fmt.keys(factor), *fmt.keys(2.0**k)) for k, fmt in zip(ks, fmts, strict=True))
+    return rows, tuple(sorted({1, *(key for row in rows for key in row)}))
 
 
 def device_counts(f: torch.Tensor, fmts: Sequence[Format], factor: float) -> torch.Tensor:
