@@ -30,6 +30,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "passed at the top. Needs matplotlib (pip install 'initcore[plot]').",
         epilog="Exit status: 0 when written, 2 on bad input or without matplotlib.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created if missing)")
+    p.add_argument("--transfer", action="store_true",
+                   help="instead of the experiments: the learning-rate sweep of initcore.transfer at widths 64..512, "
+                        "SP and muP side by side, seeds SEED..SEED+2 (about 2 minutes on 2 cores)")
     add_model_options(p, default_model=None, model_help="default: none, the experiments", roles=True)
     add_probe_options(p, "the model's")
     return p
@@ -58,8 +61,12 @@ def run(args: argparse.Namespace) -> int:
     from initcore import report
 
     check_out(args.out)
+    if args.model is not None and args.transfer:
+        raise ValueError("--transfer goes without --model: it sweeps initcore's own MLP (initcore.transfer)")
     if args.model is None:
         typed = sorted(given(args) - {"--seed"}) + [o for o in ("--loss", "--select") if getattr(args, o[2:])]
+        if typed and args.transfer:
+            raise ValueError(f"--transfer goes without {', '.join(typed)}: it sweeps initcore's own MLP")
         if typed:
             raise ValueError(f"{', '.join(typed)} {'needs' if len(typed) == 1 else 'need'} --model: without it "
                              "the report draws initcore's experiments, whose models and inputs are their own")
@@ -69,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         with one_thread():
             report.require_matplotlib()  # before building a model or running anything
-            if args.model is None:
+            if args.transfer:
+                from initcore.report.transfer import write_transfer_report
+
+                index = write_transfer_report(args.out, seed=args.seed)
+            elif args.model is None:
                 index = report.write_report(args.out, seed=args.seed)
             else:
                 model, inputs = build_model_and_inputs(args)

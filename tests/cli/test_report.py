@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -132,3 +133,32 @@ def test_report_of_a_model_of_yours(tmp_path, capsys, monkeypatch, nothing_runs)
                           "--select", "nothing*"])
     assert "--select nothing*: Sequential has no module matching" in err
     assert not (tmp_path / "r2").exists()
+
+
+def test_transfer_writes_the_sweep_page_alone(tmp_path, capsys, monkeypatch, nothing_runs):
+    from initcore import transfer
+    from initcore.report import transfer as report_transfer
+
+    asked = []
+
+    def tiny(seed=0):  # the sweep's own runs shrunk, at the seeds the command gives
+        asked.append(seed)
+        return tuple(replace(run, widths=(8, 16), lrs=(1e-3, 1e-2), steps=2, tail=1)
+                     for run in transfer_runs(seed))
+
+    transfer_runs = report_transfer.runs
+    monkeypatch.setattr(report_transfer, "runs", tiny)
+    out = tmp_path / "r"
+    assert cli.main(["report", "--out", str(out), "--transfer", "--seed", "4"]) == 0
+    assert capsys.readouterr().out == f"wrote {out / 'index.html'} (open it in a browser)\n"
+    assert asked == [4] and {p.name for p in out.iterdir()} == {"index.html", "transfer.png", "transfer.csv"}
+    assert set(pd.read_csv(out / "transfer.csv")["parametrization"]) == set(transfer.PARAMETRIZATIONS)
+
+
+def test_transfer_goes_without_a_model(tmp_path, capsys, nothing_runs):
+    err = _error(capsys, ["report", "--out", str(tmp_path / "r"), "--transfer", "--model", "mlp"])
+    assert err == "initcore: error: --transfer goes without --model: it sweeps initcore's own MLP " \
+                  "(initcore.transfer)\n"
+    err = _error(capsys, ["report", "--out", str(tmp_path / "r"), "--transfer", "--width", "8"])
+    assert err == "initcore: error: --transfer goes without --width: it sweeps initcore's own MLP\n"
+    assert not (tmp_path / "r").exists()
