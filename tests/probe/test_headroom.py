@@ -142,3 +142,29 @@ def test_a_table_without_steps_is_refused():
     table = _table({"a": [1, 2]}).drop(columns="step")
     with pytest.raises(ValueError, match="missing step.*trace_steps"):
         headroom.falls(table)
+
+
+def test_adams_update_bound_is_reached_by_torchs_adam_and_never_passed():
+    # step 2 by hand: a = (0.1·0.9, 0.1) / 0.19, b = (0.001·0.999, 0.001) / 0.001999
+    a, b = np.array([0.09, 0.1]) / 0.19, np.array([0.000999, 0.001]) / 0.001999
+    assert headroom.adam_update_bound(2) == pytest.approx(math.sqrt(np.sum(a * a / b)), rel=1e-12)
+    lr, steps = 1e-3, 5
+    for t in range(1, steps + 1):
+        bound = headroom.adam_update_bound(t)
+        i = np.arange(1, t + 1)
+        worst = 0.1 * 0.9 ** (t - i) / (0.001 * 0.999 ** (t - i))  # g_i proportional to a_i / b_i
+        g = torch.tensor(np.vstack([worst, np.random.default_rng(t).normal(size=(200, t))]).T)  # (t, 201)
+        w = torch.zeros(201, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([w], lr=lr, eps=1e-12)
+        for step in range(t):
+            before = w.detach().clone()
+            w.grad = g[step].clone()
+            opt.step()
+        moved = (w.detach() - before).abs() / lr
+        assert moved[0].item() == pytest.approx(bound, rel=1e-8)  # reached by the worst sequence
+        assert (moved[1:] <= bound * (1 + 1e-12)).all()  # and never passed by 200 random ones
+
+
+def test_adam_update_bound_refuses_step_zero():
+    with pytest.raises(ValueError, match="step must be a positive integer"):
+        headroom.adam_update_bound(0)
