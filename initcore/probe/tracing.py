@@ -260,7 +260,8 @@ def _device(model: nn.Module, inputs) -> torch.device:
 
 def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, select: Selection = None,
           statistics: str | Iterable[str] = "all", train: bool | None = False, unpack: bool = True,
-          keep_outputs: bool = False, reference: Mapping[str, torch.Tensor] | None = None) -> pd.DataFrame:
+          keep_outputs: bool = False, reference: Mapping[str, torch.Tensor] | None = None,
+          formats: str | torch.dtype | Iterable | None = None, loss_scale: float | None = None) -> pd.DataFrame:
     """One forward and one backward pass of ``model`` on ``inputs``; per-row statistics, in the order rows ran.
 
     Columns are ``COLUMNS`` (see ``STATISTICS``), all statistics float64, NaN where one does not apply
@@ -290,10 +291,15 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
             measures bare tensor outputs only (other modules give no output statistics).
         keep_outputs: keep every row's output (detached) in ``frame.attrs["outputs"]`` (``Outputs``).
         reference: row name -> an earlier output (``keep_outputs``' dict): adds ``act_change_rms``.
+        formats: with ``statistics="precision"``: a format, several, or None: all of ``precision.FORMATS``.
+        loss_scale: with ``statistics="precision"``: what gradients are multiplied by before their unscaled
+            cast (> 0; None: 1).
 
     Raises:
         ValueError: unknown ``loss`` or statistics, a bad selection (see ``select.points``), a selected
-            module that returns no tensor, or a reference of another shape.
+            module that returns no tensor, or a reference of another shape; an unknown format, one this
+            torch lacks, or a loss scale that is not a positive number (each listing what is valid), or
+            either given without ``statistics="precision"``.
 
     >>> from initcore.models import MLP
     >>> trace(MLP(4, 4, 2), torch.randn(3, 4))[["module", "kind", "layer"]].values.tolist()
@@ -301,8 +307,12 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
     """
     if isinstance(statistics, str) and statistics == "precision":  # every statistic, and the precision table
         from initcore.probe import precision
-        return precision.trace(model, inputs, loss, select=select, train=train, unpack=unpack,
+        return precision.trace(model, inputs, loss, formats=formats, loss_scale=1.0 if loss_scale is None
+                               else loss_scale, select=select, train=train, unpack=unpack,
                                keep_outputs=keep_outputs, reference=reference)
+    if formats is not None or loss_scale is not None:
+        raise ValueError(f"formats and loss_scale are the precision table's: pass statistics=\"precision\" "
+                         f"(got statistics={statistics!r})")
     loss_fn = _loss_fn(loss)
     wanted = statistics_of(statistics) | ({"act_change_rms"} if reference is not None else set())
     if loss_fn is None:

@@ -97,6 +97,42 @@ def test_bad_input_lists_what_is_valid(monkeypatch) -> None:
             precision.trace(MLP(4, 4, 2), torch.randn(2, 4), loss_scale=bad)
 
 
+def test_the_probe_takes_the_formats_and_loss_scale() -> None:
+    # probe.trace(statistics="precision") hands both to precision.trace, whose table it returns
+    model, x = MLP(4, 8, 2), torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    frame = probe.trace(model, x, statistics="precision", formats=["float16", torch.float8_e5m2], loss_scale=1024)
+    direct = precision.trace(model, x, formats=["float16", "float8_e5m2"], loss_scale=1024.0)
+    pd.testing.assert_frame_equal(frame.attrs["precision"], direct.attrs["precision"])
+    table = frame.attrs["precision"]
+    assert list(table["format"].unique()) == ["float16", "float8_e5m2"]
+    unscaled = table[table["scaling"] == "none"]
+    assert set(unscaled.loc[unscaled["tensor"].str.endswith("grad"), "scale"]) == {1024.0}
+    assert set(unscaled.loc[~unscaled["tensor"].str.endswith("grad"), "scale"]) == {1.0}
+    everything = probe.trace(model, x, statistics="precision").attrs["precision"]
+    assert tuple(everything["format"].unique()) == precision.FORMATS
+    assert set(everything.loc[everything["scaling"] == "none", "scale"]) == {1.0}
+
+
+def test_the_probe_lists_what_is_valid(monkeypatch) -> None:
+    model, x = MLP(4, 8, 2), torch.randn(3, 4)
+    for kwargs, message in (({"formats": "float9"}, r"unknown format 'float9'; valid: float16, bfloat16, float8_e4m"),
+                            ({"formats": []}, r"no format given; valid: float16, bfloat16"),
+                            ({"loss_scale": 0}, r"loss_scale must be a positive finite number"),
+                            ({"loss_scale": -2.0}, r"loss_scale must be a positive finite number")):
+        with pytest.raises(ValueError, match=message):
+            probe.trace(model, x, statistics="precision", **kwargs)
+    monkeypatch.setattr(precision, "FORMATS", ("float16", "bfloat16"))  # a torch without fp8
+    precision.format_of.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"torch .* has no float8_e5m2; valid here: float16, bfloat16$"):
+            probe.trace(model, x, statistics="precision", formats="float8_e5m2")
+    finally:
+        precision.format_of.cache_clear()
+    for kwargs in ({"formats": "float16"}, {"loss_scale": 8.0}):  # without the table they would be ignored
+        with pytest.raises(ValueError, match=r"formats and loss_scale are the precision table's: pass statistics="):
+            probe.trace(model, x, **kwargs)
+
+
 def test_trace_measures_every_tensor_of_each_row() -> None:
     torch.manual_seed(0)
     model, x = MLP(16, 32, 3), torch.randn(8, 16)
