@@ -10,11 +10,12 @@ standard parametrization (kaiming_normal, one learning rate) and under muP (tune
   changes a hidden layer's output by ~lr * fan_in per step, so the best lr falls as 1/width, a factor 8 =
   3 grid steps of a factor 2 from 64 to 512).
 
-The tolerances come from the seeds' spread: the per-seed argmin at one width differs between seeds by at
-most one grid step (measured over seeds 0..7, 2026-12-07): muP's 64 -> 512 shift per seed is 0, +1, -1, 0,
-0, 0, 0, +1 (theory 0), its seed-mean shift 0; SP's per seed -4, -4, -4, -3, -4, -2, -4, -4, its seed-mean
-shift -4 at seeds 0..2 and at 3..7 (theory -3). So muP is allowed theory's 0 plus that one step of seed
-jitter, and SP must show theory's 3 steps less that one step: at least 2.
+The tolerances come from the seeds' spread (measured over seeds 0..7, 2026-12-07): a seed's own argmin lies
+within one grid step of the seed-mean argmin at 63 of the 64 (parametrization, width, seed) cells (SP at
+width 512, seed 5: two steps). muP's 64 -> 512 shift per seed is 0, +1, -1, 0, 0, 0, 0, +1 (theory 0), its
+seed-mean shift 0 at seeds 0..2 and at 3..7; SP's per seed -4, -4, -4, -3, -4, -2, -4, -4, its seed-mean
+shift -4 at seeds 0..2 and at 3..7 (theory -3). So muP is allowed theory's 0 plus one step of seed jitter,
+and SP must show theory's 3 steps less one step: at least 2. ``--seed 3`` (seeds 3..5) passes too.
 
 Only under ``-m large``: the sweep trains 2 x 4 x 12 x 3 = 288 small models, 50 steps each. Measured with
 ``time pytest bench/test_mup_transfer.py -m large``: 1 min 34 s wall (87 s in pytest) on the 2-core VM, no GPU,
