@@ -114,7 +114,7 @@ class _ScaleWatch(SDPAWatch):
     and the input of ``F.linear`` calls whose weight is one of ``weights`` (a readout applied in a forward)."""
 
     def __init__(self, model: nn.Module, weights: dict[int, str]) -> None:
-        self.names = {id(m): n for n, m in model.named_modules()}
+        self.names = {id(m): n or f"{type(m).__name__}.forward" for n, m in model.named_modules()}  # the root: ''
         super().__init__(set(self.names), lambda module, att: None)
         self.calls: list[tuple[str, float, int]] = []
         self.weights, self.linear_inputs = weights, {}
