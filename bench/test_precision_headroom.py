@@ -11,6 +11,12 @@ unscaled, every entry of gpt2's residual projections (std 0.02/sqrt(24) = 0.0041
 (19% to zero), small_init's matrices lose 3.9%; a per-tensor scale leaves nothing flushed beyond 0.1%
 and nothing overflowing; bfloat16 loses nothing. The fp16 loss scale the weight gradients need takes a
 trace of the model per strategy, ~6 s each on this 2-core VM: under ``-m large``.
+
+After the first steps (``-m large``, ~30 s): 3 Adam steps of each strategy (``initcore.steps.trace_steps`` with
+formats); Adam's updates and the weights stay within Adam's own bound (exact), and which rows lose more than
+``probe.headroom.DEFAULT_BITS`` is held against a spread measured over 8 seeds: the output and weight gradients
+fall below (1.8-4.9 bits at the median), gpt2's and small_init's residual stream grows (3.4, 2.4 bits at its
+largest), no weight or update is flagged.
 """
 
 from __future__ import annotations
@@ -142,3 +148,120 @@ def test_fp16_loss_scale_weight_gradients_need(strategy: str, summary_line) -> N
     assert len(frame.attrs["precision"])
     summary_line(f"precision at init, {strategy}: fp16 weight gradients need loss scale {top:g} ({worst}); "
                  f"{gaussian} of {len(needed)} matrices' gradients Gaussian at it")
+
+
+# --- after the first steps (-m large) ---------------------------------------------------------------------------
+# The 12-layer transformer of each strategy (seed: the run's --seed), 3 steps of Adam (lr 1e-3, default betas and
+# eps; muP's groups at the model's own width, where its multipliers are 1) on one fixed batch of 2 x 16 random
+# tokens, loss the mean of the output times a fixed N(0, 1) tensor (the probe's "random" loss, which the final
+# norm needs: see initcore.probe.trace); initcore.steps.trace_steps with formats: every row's output, output
+# gradient, weights, weight gradients and Adam's updates, per step. ~3 s a strategy on an idle 2-core VM (14 s
+# loaded), four strategies: too much for the default bench's 3 s, so behind -m large.
+STEP_FORMATS = ("float16", "float8_e4m3fn")
+STEPS, LR = 3, 1e-3
+# Each update row is W_{t+1} - W_t of float32 weights, each rounded to half its spacing: 2^-24 |W| <= 1.2e-7 for
+# |W| <= 2 (the largest weights here are LayerNorm gains near 1), the subtraction itself exact (Sterbenz).
+UPDATE_ATOL = 2.4e-7
+ADAM_EPS = 1e-8  # torch.optim.Adam's default
+# Measured at seeds 0-7 (this file's run, 8 seeds; the fall in bits from step 0 to the lowest of steps 1-3,
+# float16 unscaled, where the fall is the same in every format): per strategy, (mean, sd) of the largest fall
+# above of a forward output, and the median fall below of the output gradients, the weight gradients and the
+# updates. The loss falls fast on one fixed batch, and the gradients with it; gpt2's and small_init's small
+# residual branches let Adam's coherent first steps (each entry lr, in the direction that lowers the loss:
+# ~lr·fan_in on an output) grow the residual stream.
+SPREAD = {
+    "standard": {"output_above_max": (1.607, 0.162), "output_grad_below_median": (1.985, 0.098),
+                 "weight_grad_below_median": (2.993, 0.269), "update_below_median": (0.888, 0.011)},
+    "gpt2": {"output_above_max": (3.388, 0.171), "output_grad_below_median": (4.344, 0.081),
+             "weight_grad_below_median": (4.912, 0.343), "update_below_median": (0.926, 0.005)},
+    "small_init": {"output_above_max": (2.393, 0.249), "output_grad_below_median": (3.054, 0.110),
+                   "weight_grad_below_median": (4.540, 0.604), "update_below_median": (0.918, 0.010)},
+    "mup": {"output_above_max": (1.472, 0.108), "output_grad_below_median": (1.828, 0.091),
+            "weight_grad_below_median": (2.208, 0.161), "update_below_median": (0.902, 0.007)},
+}
+K_SD, FLOOR_BITS = 6, 0.05  # 6 sample sds (Student t, 7 df: two-sided 5e-4 a comparison, 16 here) + 0.05 bits
+
+
+def _stepped(strategy: str, seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
+    from initcore.steps import Batch, trace_steps
+
+    cfg = init.strategies.config_for(strategy, experiments.NOTEBOOK_TRANSFORMER)
+    model = Transformer.from_config(cfg)
+    init.apply(model, strategy, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randint(0, cfg.vocab_size, (2, 16), generator=g)
+    r = torch.randn(2, 16, cfg.d_model, generator=g)
+    groups = init.param_groups(model, strategy, lr=LR)
+    optimizer = torch.optim.Adam(groups)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lrs = {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    frame = trace_steps(model, Batch(idx, r), optimizer, STEPS, lambda pred, y: (pred * y).mean(),
+                        statistics="lean", formats=STEP_FORMATS)
+    return frame.attrs["precision"], lrs
+
+
+def _summary(table: pd.DataFrame) -> dict[str, float]:
+    from initcore.probe import headroom
+
+    found = headroom.falls(table[(table["format"] == "float16") & (table["scaling"] == "none")])
+    by = found.groupby("tensor")
+    return {"output_above_max": float(by.get_group("output")["headroom_fall"].max()),
+            **{f"{t}_below_median": float(by.get_group(t)["floor_fall"].median())
+               for t in ("output_grad", "weight_grad", "update")}}
+
+
+@pytest.fixture(scope="module")
+def stepped(seed: int) -> dict[str, tuple[pd.DataFrame, dict[str, float]]]:
+    from initcore.testing import measure as measuring
+
+    with measuring.one_thread():
+        return {strategy: _stepped(strategy, seed) for strategy in STRATEGIES}
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_adams_updates_and_weights_stay_within_adams_bound(stepped, strategy: str) -> None:
+    """Theory, exact: Adam's first update is lr·g/(|g| + eps), so an update's amax is lr·G/(G + eps), G its
+    gradient's amax; the t-th step's entries are at most lr·adam_update_bound(t); so a weight's amax grows by at
+    most lr·(sum of the bounds) in the steps. Up to the float32 rounding of the weights (UPDATE_ATOL a step)."""
+    from initcore.probe import headroom
+
+    table, lrs = stepped[strategy]
+    rows = table[(table["format"] == "float16") & (table["scaling"] == "none")]
+    update = rows[rows["tensor"] == "update"].set_index(["step", "param"])["amax"]
+    grad = rows[(rows["tensor"] == "weight_grad") & (rows["step"] == 0)].set_index("param")["amax"]
+    weight = rows[rows["tensor"] == "weight"].set_index(["step", "param"])["amax"]
+    lr = pd.Series([lrs[p] for _, p in update.index], index=update.index)
+    first = update.xs(0, level="step")
+    assert len(first) == len(grad) > 100  # every parameter a row holds
+    np.testing.assert_allclose(first[grad.index], (lr.xs(0, level="step") * grad / (grad + ADAM_EPS))[grad.index],
+                               rtol=1e-6, atol=UPDATE_ATOL)
+    bound = lr * [headroom.adam_update_bound(int(s) + 1) for s, _ in update.index]
+    assert (update <= bound + UPDATE_ATOL).all(), (update - bound).idxmax()
+    w0 = weight.xs(0, level="step")
+    for step in range(1, STEPS + 1):
+        moved = sum(headroom.adam_update_bound(t) for t in range(1, step + 1))
+        lr_of = pd.Series([lrs[p] for p in w0.index], index=w0.index)
+        grown = weight.xs(step, level="step")[w0.index] - w0
+        assert (grown <= lr_of * moved + step * UPDATE_ATOL).all(), grown.idxmax()
+        assert (grown > 0).any()  # the weights did move
+
+
+@pytest.mark.large
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_which_rows_lose_headroom_in_three_adam_steps(stepped, strategy: str, summary_line) -> None:
+    from initcore.probe import headroom
+
+    table, _ = stepped[strategy]
+    measured = _summary(table)
+    for name, value in measured.items():
+        mean, sd = SPREAD[strategy][name]
+        assert abs(value - mean) <= K_SD * sd + FLOOR_BITS, (name, value, mean, sd)
+    flagged = headroom.flag(table, formats="float16")
+    counts = flagged.groupby(["tensor", "side"]).size()
+    total = table[(table["step"] == 0) & (table["format"] == "float16") & (table["scaling"] == "none")]
+    total = total.groupby("tensor").size()
+    assert not len(flagged[flagged["tensor"].isin(["weight", "update"])])  # within Adam's bound, and settling
+    summary_line(f"precision after {STEPS} Adam steps, {strategy}: flagged (> {headroom.DEFAULT_BITS:g} bits) "
+                 + ", ".join(f"{t} {s} {n}/{total[t]}" for (t, s), n in counts.items())
+                 + "; " + ", ".join(f"{k} {v:.2f}" for k, v in measured.items()))
