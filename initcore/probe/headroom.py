@@ -15,9 +15,10 @@ may be absorbed and one of more than 2 bits never is, whatever the spare was; an
 the room below itself moves by up to a bit as that power of two steps (0.97 bits measured on healthy
 steps, tests/probe/test_headroom.py). Adam's first update is lr·sign(g) (rms lr); as m and g part, its
 entries spread over [0, lr] and its rms falls by about a bit (uniform on [0, lr]: rms lr/sqrt(3), 0.8
-bits) without anything going wrong. Measured on small models (4 steps, seeds 0-5): healthy steps moved
-no row by more than 0.12 bits unscaled; weights grown by a large lr lost 3.6 bits, a saturating layer's
-gradient 3.4-4.1.
+bits) without anything going wrong: on the 12-layer transformer (3 Adam steps at lr 1e-3, 4 strategies,
+8 seeds; bench/test_precision_headroom.py) no update fell by more than 1.75 bits, no weight by more than
+0.2. On small models (4 steps, seeds 0-5) healthy steps moved no row by more than 0.12 bits unscaled;
+weights grown by a large lr lost 3.6 bits, a saturating layer's gradient 3.4-4.1.
 """
 
 from __future__ import annotations
