@@ -322,7 +322,7 @@ def _optimizers(model: nn.Module, base: nn.Module, optimizer: Any) -> tuple[torc
 
 
 def _compact(names: list[str]) -> str:
-    return ", ".join(names) if len(names) <= 3 else f"{', '.join(names[:2])}, ... ({len(names)} parameters)"
+    return ", ".join(names) if len(names) <= 2 else f"{names[0]} +{len(names) - 1} more"
 
 
 def _off(observed: dict[str, float], expected: dict[str, float]) -> tuple[float, dict[str, float]]:
