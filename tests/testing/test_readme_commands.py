@@ -104,6 +104,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "initcore coord --model mymodels:make --init mup --roles 'qkv.weight=qkv:q,k,v'":
         (SKIP, "mymodels is the reader's module; tests/cli/test_coord.py runs a user's model"),
     "initcore coord --model mymodels:make": (SKIP, "mymodels is the reader's module"),
+    # muP lint
+    "initcore mup-lint --model mygpt:make --optimizer mygpt:adamw":
+        (PARSE, "mygpt is the reader's module: parsed only; tests/cli/test_mup_lint.py runs a user's module"),
+    "initcore mup-lint --model mygpt:make_mup --optimizer mygpt:adamw_mup": (PARSE, "mygpt is the reader's module"),
     # Hyperparameter transfer
     "pytest bench/test_mup_transfer.py -m large": (PARSE, "about 1.5 minutes of training"),
     "initcore report --out transfer --transfer": (PARSE, "about 2 minutes of training; writes transfer/"),
