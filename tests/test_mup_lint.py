@@ -110,6 +110,28 @@ def test_the_default_scale_is_fine_where_the_model_grows_by_heads():
     assert mup_lint.lint(model, base, inputs=IDS) == []
 
 
+class Encoder(nn.Module):
+    """torch's own nn.TransformerEncoder (nn.MultiheadAttention: sdpa's default scale), a zero readout."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        torch.manual_seed(width)
+        self.emb = nn.Embedding(VOCAB, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, VOCAB)
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.emb(idx)))
+
+
+def test_torch_s_multihead_attention_is_seen_in_eval_mode_too():
+    model, base = pair(lambda w: Encoder(w).eval())  # eval: where nn.MultiheadAttention has a fast path
+    assert problems(mup_lint.lint(model, base, inputs=IDS)) == [
+        ("attention_scale", "enc.layers.0.self_attn"), ("attention_scale", "enc.layers.1.self_attn")]
+
+
 def test_hugging_face_gpt2_attention_is_flagged_until_scaled():
     model, inputs = zoo.gpt2(0, n_layer=2, n_embd=WIDTH, n_head=4, vocab_size=VOCAB, n_positions=16, seq_len=16)
     base, _ = zoo.gpt2(0, n_layer=2, n_embd=BASE, n_head=4, vocab_size=VOCAB, n_positions=16, seq_len=16)
