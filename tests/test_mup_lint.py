@@ -10,6 +10,7 @@ scales and output multipliers are exact ratios.
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import pytest
@@ -369,3 +370,7 @@ def test_table_lines_up_the_findings():
         "problem       where        why",
         "readout_init  head.weight  why one",
         "tied_init     w            two"]
+
+
+def test_the_docstring_example_runs():
+    assert doctest.testmod(mup_lint, optionflags=doctest.ELLIPSIS).failed == 0
