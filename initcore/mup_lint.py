@@ -109,9 +109,13 @@ class _Seen:
     rho: dict[str, float]  # readout parameter name -> prediction / F.linear(its input, W, b)
 
 
+_MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
+
+
 class _ScaleWatch(SDPAWatch):
     """``SDPAWatch`` that records each call's scale and d_head (q's last dimension) instead of its logits,
-    and the input of ``F.linear`` calls whose weight is one of ``weights`` (a readout applied in a forward)."""
+    and the input x of a readout applied in a forward rather than by a module: ``F.linear(x, W)``, or
+    ``x @ W.T`` (a transposed view of W), W one of ``weights``."""
 
     def __init__(self, model: nn.Module, weights: dict[int, str]) -> None:
         self.names = {id(m): n or f"{type(m).__name__}.forward" for n, m in model.named_modules()}  # the root: ''
@@ -122,6 +126,10 @@ class _ScaleWatch(SDPAWatch):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is F.linear and len(args) >= 2 and id(args[1]) in self.weights:
             self.linear_inputs.setdefault(self.weights[id(args[1])], (args[0], args[2] if len(args) > 2 else None))
+        elif func in _MATMULS and len(args) == 2 and isinstance(args[1], torch.Tensor):
+            w = args[1]._base
+            if w is not None and id(w) in self.weights and args[1].shape == w.shape[::-1]:
+                self.linear_inputs.setdefault(self.weights[id(w)], (args[0], None))
         return super().__torch_function__(func, types, args, kwargs)
 
     def _seen(self, args, kwargs) -> None:
@@ -168,7 +176,7 @@ def _forward(model: nn.Module, classes: dict[str, mup.MupParam], inputs: Any) ->
     for name, w in weights.items():
         x, bias = module_inputs.get(name) or watch.linear_inputs.get(name) or (None, None)
         if x is None or x.shape[-1] != w.shape[1]:
-            continue  # a product in the forward that neither a module nor F.linear makes: rho unknown, taken as 1
+            continue  # a product no module, F.linear or x @ W.T makes (an einsum, say): rho unknown, taken as 1
         with torch.no_grad():
             lin, pred = F.linear(x, w).float(), out.detach().float()
         if lin.shape != pred.shape:

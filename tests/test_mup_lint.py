@@ -71,7 +71,7 @@ def mup_by_hand(model: TinyLM, width: int, table_std: float = 1.0) -> TinyLM:
             lin.weight.normal_(0, width ** -0.5)
             lin.bias.zero_()
         model.wte.weight.normal_(0, table_std)
-        if model.head.weight is not model.wte.weight:
+        if getattr(model, "head", None) is not None and model.head.weight is not model.wte.weight:
             model.head.weight.normal_(0, math.sqrt(BASE) / width)
     return model
 
@@ -233,6 +233,27 @@ def test_a_readout_too_small_to_measure_is_refused():
 def test_a_tied_table_with_a_one_over_width_multiplier_is_clean():
     model, base = (tiny(w, tied=True, logit_mult=BASE / w) for w in (WIDTH, BASE))
     assert mup_lint.lint(model, base, inputs=IDS) == []
+
+
+class FunctionalTied(TinyLM):
+    """The tied readout as a product in the forward, no module holding the table: x @ wte.weight.T / width."""
+
+    def __init__(self, width: int, logit_mult: float) -> None:
+        super().__init__(width, logit_mult=logit_mult)
+        del self.head
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx)
+        x = x + self.attn(x)
+        return self.ln(x) @ self.wte.weight.T * self.logit_mult
+
+
+def test_a_tied_readout_in_the_forward_is_measured_too():
+    model, base = (mup_by_hand(FunctionalTied(w, logit_mult=BASE / w), w) for w in (WIDTH, BASE))
+    assert mup_lint.lint(model, base, inputs=IDS) == []  # traced as tied, its 1/width seen
+    model, base = (mup_by_hand(FunctionalTied(w, logit_mult=1.0), w) for w in (WIDTH, BASE))
+    findings = mup_lint.lint(model, base, inputs=IDS)
+    assert problems(findings) == [("tied_multiplier", "wte.weight")] and "missing" in findings[0].why
 
 
 def test_mup_s_shared_readout_rescaling_the_table_is_scaled_twice():
