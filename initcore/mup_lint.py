@@ -247,7 +247,10 @@ def readout_findings(model: nn.Module, base: nn.Module, classes: dict[str, mup.M
         std, std0 = _std(w), _std(w0)
         r, r0 = abs(rho.get(c.name, 1.0)), abs(rho0.get(c.name, 1.0))
         if c.tied:
-            findings += _tied(c, tuple(w.shape), tuple(w0.shape), std, std0, r, r0)
+            hooks = readout.output_multipliers(model)
+            note = "; initcore's hook multiplies " + ", ".join(f"{n}'s output by {v:.4g}" for n, v in hooks.items()) \
+                if hooks else ""
+            findings += _tied(c, tuple(w.shape), tuple(w0.shape), std, std0, r, r0, note)
         elif std == 0:
             continue  # a zero readout (mup's readout_zero_init): muP's at every width
         elif std0 == 0:
@@ -274,7 +277,7 @@ def _precise(name: str, n: int, n0: int, m: float) -> None:
 
 
 def _tied(c: mup.MupParam, shape: tuple[int, int], shape0: tuple[int, int], std: float, std0: float, r: float,
-          r0: float) -> list[Finding]:
+          r0: float, note: str = "") -> list[Finding]:
     """``tied_init`` and ``tied_multiplier`` of a tied table of ``shape`` (vocab, width), ``shape0`` at the base."""
     out = []
     (n_vocab, d), d0 = shape, shape0[1]
@@ -295,7 +298,7 @@ def _tied(c: mup.MupParam, shape: tuple[int, int], shape0: tuple[int, int], std:
         what = "applied twice" if e_rho < -1 - MARGIN else "missing" if abs(e_rho) <= MARGIN else "off"
         out.append(Finding("tied_multiplier", where, (
             f"the logits over F.linear(readout input, table) are {r0:.4g} at width {d0} and {r:.4g} at width {d}: "
-            f"they go as width^{e_rho:+.2f}, muP wants width^-1 (one 1/width output multiplier): {what}")))
+            f"they go as width^{e_rho:+.2f}, muP wants width^-1 (one 1/width output multiplier): {what}{note}")))
     return out
 
 

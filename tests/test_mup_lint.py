@@ -272,6 +272,7 @@ def test_a_user_s_one_over_width_and_initcore_s_multiplier_are_applied_twice():
     findings = mup_lint.lint(model, base, inputs=IDS)
     assert problems(findings) == [("tied_multiplier", "wte.weight = head.weight")]
     assert "width^-2.00" in findings[0].why and "applied twice" in findings[0].why
+    assert f"initcore's hook multiplies head's output by {math.sqrt(BASE) / WIDTH:.4g}" in findings[0].why
     model, base = pair(tiny, tied=True)  # no multiplier at all
     findings = mup_lint.lint(model, base, inputs=IDS)
     assert problems(findings) == [("tied_multiplier", "wte.weight = head.weight")] and "missing" in findings[0].why
