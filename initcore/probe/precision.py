@@ -185,10 +185,10 @@ def _below(ab: np.ndarray, keys: Sequence[int], top: int, less: np.ndarray) -> d
 
     A pass per key (a compare and a count, 30 us on 256k entries) cost two thirds of a 512 x 512 weight's
     reduction: 20 keys inside its range, most with a few entries or none beyond them. A sorted sample
-    of ``_SAMPLE`` entries says which keys lie in either tail; the entries of a tail that holds two keys or
-    more are gathered in one pass, and its keys are counted on them, each on what the one before kept;
-    only keys in the bulk take a full pass. The sample decides only how a key is counted, never its count:
-    one that misjudges a tail costs time, not exactness.
+    of ``_SAMPLE`` entries (an odd stride: a power-of-two row length does not make it one column) says
+    which keys lie in either tail; the entries of a tail that holds two keys or more are gathered in one
+    pass and its keys counted on them (``_on_tail``); only keys in the bulk take a full pass. The sample
+    decides only how a key is counted, never its count: one that misjudges costs time, not exactness.
     """
     n = ab.size
     found = {key: n for key in keys if key > top}
@@ -196,10 +196,9 @@ def _below(ab: np.ndarray, keys: Sequence[int], top: int, less: np.ndarray) -> d
     if not inside:
         return found
     if n <= _SMALL:
-        counted = np.searchsorted(np.sort(ab), np.array(inside, dtype=np.uint32)).tolist()
-        found.update(zip(inside, counted, strict=True))
+        found.update(_on_tail(ab, inside, less))
         return found
-    sample = np.sort(ab[:: n // _SAMPLE])
+    sample = np.sort(ab[:: (n // _SAMPLE) | 1])
     seen = np.searchsorted(sample, np.array(inside, dtype=np.uint32)).tolist()
     edge = sample.size // _TAIL
     low = [key for key, c in zip(inside, seen, strict=True) if c <= edge]
@@ -207,23 +206,33 @@ def _below(ab: np.ndarray, keys: Sequence[int], top: int, less: np.ndarray) -> d
     low, high = (low if len(low) > 1 else []), (high if len(high) > 1 else [])
     for key in inside[len(low): len(inside) - len(high)]:  # the bulk: a pass each
         found[key] = int(np.count_nonzero(np.less(ab, key, out=less)))
-    if low:  # from the tail's largest key down, entries below each
-        sub = ab[np.less(ab, low[-1], out=less)]
-        found[low[-1]] = sub.size
-        for key in reversed(low[:-1]):
-            mask = np.less(sub, key, out=less[: sub.size])
-            found[key] = c = int(np.count_nonzero(mask))
-            if 8 * c < sub.size:
-                sub = sub[mask]
-    if high:  # from the tail's smallest key up, entries at or above each
-        sub = ab[np.greater_equal(ab, high[0], out=less)]
-        found[high[0]] = n - sub.size
-        for key in high[1:]:
-            mask = np.greater_equal(sub, key, out=less[: sub.size])
-            c = int(np.count_nonzero(mask))
-            found[key] = n - c
-            if 8 * c < sub.size:
-                sub = sub[mask]
+    if low:  # the entries below the tail's largest key hold every count of its keys
+        found.update(_on_tail(ab[np.less(ab, low[-1], out=less)], low, less))
+    if high:  # those at or above its smallest key: the rest lie below each of its keys
+        tail = ab[np.greater_equal(ab, high[0], out=less)]
+        found.update((key, n - tail.size + c) for key, c in _on_tail(tail, high, less, up=True).items())
+    return found
+
+
+def _on_tail(sub: np.ndarray, keys: list[int], less: np.ndarray, up: bool = False) -> dict[int, int]:
+    """key -> count of ``sub`` below it. Keys one by one from the far end of ``sub`` inward (``up``: from the
+    smallest), each on the entries the one before kept (gathered once its count falls below an eighth of
+    them), and once at most ``_SMALL`` entries are left, the remaining keys at once on those, sorted:
+    most keys of a tail have a few entries beyond them or none, and a call per key cost more than they."""
+    found, dropped = {}, 0  # dropped: entries below every key left (``up``), no longer in ``sub``
+    order = list(keys) if up else list(reversed(keys))
+    for i, key in enumerate(order):
+        if sub.size <= _SMALL:
+            rest = np.array(order[i:], dtype=np.uint32)
+            found.update(zip(order[i:], (dropped + np.searchsorted(np.sort(sub), rest)).tolist(), strict=True))
+            break
+        mask = np.greater_equal(sub, key, out=less[: sub.size]) if up else np.less(sub, key, out=less[: sub.size])
+        c = int(np.count_nonzero(mask))
+        found[key] = dropped + sub.size - c if up else c
+        if 8 * c < sub.size:
+            if up:
+                dropped += sub.size - c
+            sub = sub[mask]
     return found
 
 

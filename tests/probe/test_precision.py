@@ -37,7 +37,13 @@ def _tensors(seed: int) -> list[torch.Tensor]:
     outliers = torch.randn(4096, generator=g) * 1e-3
     outliers[::101] *= 1e8
     relu = torch.randn(4096, generator=g).clamp(min=0)
-    return [*normal, spread, outliers, relu, torch.cat([bounds, -bounds, torch.zeros(3)])]
+    # tails of more entries than one sort takes (precision._SMALL), each spread over many binades: counted key
+    # by key, each on what the key before kept
+    tails = torch.randn(1 << 17, generator=g) * 1e-2
+    u = torch.rand(tails.shape, generator=g, dtype=torch.float64)
+    tails[::83] = torch.exp2(u[::83] * 130 - 150).float()
+    tails[1::83] = torch.exp2(u[1::83] * 19 - 2).float()
+    return [*normal, spread, outliers, relu, tails, torch.cat([bounds, -bounds, torch.zeros(3)])]
 
 
 def _cast_fractions(x: torch.Tensor, scale: float, fmt: precision.Format) -> tuple[float, float, float]:
@@ -50,6 +56,17 @@ def _cast_fractions(x: torch.Tensor, scale: float, fmt: precision.Format) -> tup
     n = nz.sum().item()
     return (((c == 0) & nz).sum().item() / n, ((c != 0) & (c.abs() < fmt.tiny)).sum().item() / n,
             (over & nz).sum().item() / n)
+
+
+@pytest.mark.parametrize("factor", [1.0, 1024.0, 2.0**-20], ids=["unscaled", "loss-scale-1024", "scale-2^-20"])
+def test_all_formats_at_once_count_as_each_alone(factor: float) -> None:
+    # a trace counts every format's keys in one sweep (precision._below), where tails hold many keys: each
+    # format's records are those it gets alone, which the direct-cast test below holds to a cast
+    fmts = [precision.format_of(name) for name in precision.FORMATS]
+    for x in _tensors(0):
+        together = precision.decode(precision.counts(x, fmts, factor), fmts, factor)
+        alone = [r for fmt in fmts for r in precision.decode(precision.counts(x, [fmt], factor), [fmt], factor)]
+        pd.testing.assert_frame_equal(pd.DataFrame(together), pd.DataFrame(alone), check_exact=True)  # NaN == NaN
 
 
 @pytest.mark.parametrize("host", [True, False], ids=["numpy", "torch"])
