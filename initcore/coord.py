@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from initcore import init
-from initcore.models import MLP, Transformer, TransformerConfig, param_roles, readout
+from initcore.models import MLP, Transformer, TransformerConfig, readout
 from initcore.models.readout import prediction
 from initcore.steps import Batch, trace_steps
 
@@ -339,23 +339,18 @@ def _shapes_at(run: CoordRun, seed: int, width: int) -> dict[str, tuple[int, ...
     return {n: tuple(p.shape) for n, p in _made(run, width, seed)[0].named_parameters()}
 
 
+def _delta(run: CoordRun, seed: int) -> dict[str, tuple[int, ...]] | None:
+    """The shapes at a width of the run other than the base (mup's delta model): what grows, at every width."""
+    other = next((w for w in run.widths if w != run.base), None)
+    return None if other is None else _shapes_at(run, seed, other)
+
+
 def readouts(run: CoordRun, model: nn.Module, seed: int) -> set[str]:
     """Parameters of a factory's model whose fan-in grows with width and whose fan-out does not (read from
-    its shapes at the run's first two widths): the readouts, muP's heads."""
-    small, large = (_shapes_at(run, seed, w) for w in run.widths[:2])
-    try:
-        transposed = {p.name for p in param_roles(model, dict(run.roles) or None) if p.transposed}
-    except ValueError:  # parameters no module declares and no type tells: taken as (fan_out, fan_in, ...)
-        transposed = set()
-    out = set()
-    for name, shape in small.items():
-        if len(shape) < 2 or name not in large or len(large[name]) != len(shape):
-            continue
-        grows = [a != b for a, b in zip(shape, large[name], strict=True)]
-        fan_out = 1 if name in transposed else 0
-        if not grows[fan_out] and any(g for i, g in enumerate(grows) if i != fan_out):
-            out.add(name)
-    return out
+    its shapes at the base width and another width of the run): the output weights, muP's heads."""
+    classes = init.mup.classify(model, _shapes_at(run, seed, run.base), roles=dict(run.roles) or None,
+                                delta=_delta(run, seed))
+    return {name for name, c in classes.items() if c.kind == "output"}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -394,11 +389,9 @@ def _build_user(run: CoordRun, width: int, seed: int, device, tamper: Tamper | N
     roles = dict(run.roles)
     base = {}
     if run.init == "mup":
-        # which dimensions grow: the shapes at the base width; the readout traced on the inputs (a tied one gets
-        # its output multiplier there). The heads, read from the shapes at two widths, are declared: at the
-        # base width itself no dimension has grown, and a readout must be the head there too (its zero init)
-        base = {"base": _shapes_at(run, seed, run.base)}
-        roles.update({name: "head" for name in sorted(readouts(run, model, seed))})
+        # which dimensions grow: the shapes at the base width and another (mup's delta: at the base width
+        # itself no dimension has grown); the readout traced on the inputs (a tied one gets its multiplier)
+        base = {"base": _shapes_at(run, seed, run.base), "delta": _delta(run, seed)}
     roles = roles or None
     if run.init is not None:
         init.apply(model, run.init, generator=torch.Generator().manual_seed(seed), roles=roles,

@@ -125,7 +125,8 @@ def _mup_targets(s: targets.Site) -> targets.Target:
 @register("mup", "muP (Yang et al., 2021, Table 3): N(0, gain^2/fan_in), head N(0, gain^2*base/fan_in^2) or 0, "
           "embedding N(0, 1), attention logits 1/d_head; train with init.param_groups(model, 'mup', lr=..., "
           "base_width=...), or base=<the model at its base width> for a model of yours",
-          options={"base_width": None, "readout": "scaled", "query": "scaled", "base": None, "inputs": None},
+          options={"base_width": None, "readout": "scaled", "query": "scaled", "base": None, "inputs": None,
+                   "delta": None},
           takes_gain=True, special={"qkv": _mup_qkv}, config=mup_config, targets=_mup_targets,
           prepare=lambda model, roles, options: prepare(model, roles, options))
 def _mup(w: torch.Tensor, p: RoledParam, ctx: Context) -> None:
@@ -251,7 +252,7 @@ def lr_multipliers(model: nn.Module, optimizer: str = "adam", base_width: int | 
 def param_groups(model: nn.Module, name: str, *, lr: float, optimizer: str = "adam",
                  base_width: int | None = None, base_shapes: dict[str, tuple[int, ...]] | None = None,
                  roles: Mapping | None = None, base: nn.Module | Mapping | None = None, inputs=None,
-                 weight_decay: float | None = None) -> list[dict]:
+                 delta: nn.Module | Mapping | None = None, weight_decay: float | None = None) -> list[dict]:
     """Parameter groups for ``torch.optim`` under strategy ``name``: one group per learning rate.
 
     Every strategy but ``"mup"`` is the standard parametrization: one group, ``lr`` for every parameter.
@@ -259,7 +260,8 @@ def param_groups(model: nn.Module, name: str, *, lr: float, optimizer: str = "ad
     ``"adamw"`` or ``"sgd"``). Which dimensions grow comes from one of:
 
     - ``base``: the same model built at its base width (any model; see ``classify``, which ``inputs``
-      lets trace the readout), as given to ``init.apply``;
+      lets trace the readout and ``delta`` tells what grows at the base width itself), as given to
+      ``init.apply``;
     - ``base_width``: an initcore model's config width, as given to ``init.apply`` (None: the model's own
       width, where muP and the standard parametrization train alike);
     - ``base_shapes``: parameter name -> shape at the base width, with ``roles`` as ``init.apply`` took them.
@@ -288,13 +290,15 @@ def param_groups(model: nn.Module, name: str, *, lr: float, optimizer: str = "ad
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if base is not None and (base_width is not None or base_shapes is not None):
         raise ValueError("give one of base (the model at its base width), base_width or base_shapes")
+    if base is None and (inputs is not None or delta is not None):
+        raise ValueError("inputs and delta read the model against a base model: give base= too")
     params = dict(_trainable(model))
     decay = {} if weight_decay is None else {"weight_decay": weight_decay}
     if strategy.name != "mup":
         return [{"params": list(params.values()), "lr": lr, **decay}]
     if base is not None:
         mults = {c.name: class_lr_multiplier(c, optimizer)
-                 for c in classify(model, base, inputs=inputs, roles=roles).values()}
+                 for c in classify(model, base, inputs=inputs, roles=roles, delta=delta).values()}
     else:
         mults = lr_multipliers(model, optimizer, base_width, base_shapes, roles)
     groups: dict[float, list[nn.Parameter]] = {}
@@ -340,7 +344,7 @@ def shapes_of(base: nn.Module | Mapping[str, tuple[int, ...]]) -> dict[str, tupl
 
 
 def classify(model: nn.Module, base: nn.Module | Mapping[str, tuple[int, ...]], *, inputs=None,
-             roles: Mapping | None = None) -> dict[str, MupParam]:
+             roles: Mapping | None = None, delta: nn.Module | Mapping | None = None) -> dict[str, MupParam]:
     """Each parameter of ``model`` as muP sees it, by comparing its shape with ``base``'s (the same model at
     its base width), as the mup package's ``set_base_shapes`` does.
 
@@ -354,46 +358,56 @@ def classify(model: nn.Module, base: nn.Module | Mapping[str, tuple[int, ...]], 
     one tensor two inits, so muP keeps its embedding init and multiplies the readout's output by
     sqrt(b)/d (the paper's Table 8 form, as mup's ``MuSharedReadout``; see ``install_tied_multiplier``).
 
+    ``delta``: the model at a third width, as ``set_base_shapes`` takes it: a dimension grows where base and
+    delta differ. Without it a dimension grows where ``model`` and ``base`` differ, so at the base width
+    itself nothing does; a traced readout is then output wherever its fan-out does not grow.
+
     Raises:
-        ValueError: ``base`` lacks a parameter, or a parameter's number of dimensions differs.
+        ValueError: ``base`` or ``delta`` lacks a parameter, or a parameter's number of dimensions differs.
     """
     shapes = shapes_of(base)
     roled = {p.name: p for p in param_roles(model, roles, strict=False)}
     # a parameter no module or mapping gives a role: stored (fan_out, fan_in, ...), as torch's layers are
     params = [roled.get(n) or RoledParam(n, "", p, inferred=True) for n, p in model.named_parameters()]
-    missing = [p.name for p in params if p.name not in shapes]
-    if missing:
-        raise ValueError(f"the base model has no parameter {', '.join(missing[:5])}"
-                         f"{' ...' if len(missing) > 5 else ''}: build it with the same factory at the base width")
+    deltas = shapes_of(delta) if delta is not None else None
+    for what, known in (("base", shapes), ("delta", deltas or shapes)):
+        missing = [p.name for p in params if p.name not in known]
+        if missing:
+            raise ValueError(f"the {what} model has no parameter {', '.join(missing[:5])}"
+                             f"{' ...' if len(missing) > 5 else ''}: build it with the same factory at its width")
     ties = readout.tied_names(model)
     traced = readout.traced(model, inputs) if inputs is not None else None
     weights = {p.name.removesuffix("weight") for p in params}
     out: dict[str, MupParam] = {}
     for p in params:
         shape, base_shape = tuple(p.param.shape), shapes[p.name]
-        if len(shape) != len(base_shape):
-            raise ValueError(f"{p.name} has shape {shape} here and {base_shape} in the base model")
+        other = deltas[p.name] if deltas is not None else shape
+        if not len(shape) == len(base_shape) == len(other):
+            raise ValueError(f"{p.name} has shape {shape} here, {base_shape} in the base model and {other} in "
+                             "the delta model")
         mults = [d / b for d, b in zip(shape, base_shape, strict=True)]
+        grows = [d != b for d, b in zip(other, base_shape, strict=True)]
         names = ties.get(p.name, (p.name,))
         if p.param.dim() >= 2:
-            m_out, m_in = (mults[1], mults[0]) if p.transposed else (mults[0], mults[1])
+            (m_out, m_in), (g_out, g_in) = ((mults[1], mults[0]), (grows[1], grows[0])) if p.transposed else \
+                ((mults[0], mults[1]), (grows[0], grows[1]))
             fan_in = p.fans()[0]
-            is_readout = (p.name in traced) if traced is not None else (m_in != 1 and m_out == 1)
+            is_readout = (p.name in traced) if traced is not None else (g_in and not g_out)
             tied = p.role == "embedding" and (len(names) > 1 or is_readout)
             if tied:
                 kind, is_readout = "input", True
-            elif (p.role == "head" and not p.inferred) or (m_in != 1 and m_out == 1):
+            elif (p.role == "head" and not p.inferred) or (not g_out and (g_in or is_readout)):
                 kind, m_out = "output", 1.0  # a declared head's outputs are read, not grown (an MLP's)
             else:
-                kind = {(False, True): "input", (True, True): "hidden"}.get((m_in != 1, m_out != 1), "finite")
+                kind = {(False, True): "input", (True, True): "hidden"}.get((g_in, g_out), "finite")
             out[p.name] = MupParam(names, kind, (m_in, m_out), fan_in, round(fan_in / m_in), is_readout, tied)
         elif p.param.dim() == 1:
-            m = mults[0]
+            m, grown = mults[0], grows[0]
             owner = p.name.removesuffix("bias")
             if p.name.endswith("bias") and owner in weights and out.get(owner + "weight", None) is not None \
                     and out[owner + "weight"].kind == "output":
-                m = 1.0  # the readout's bias: the size of its outputs
-            out[p.name] = MupParam(names, "vector" if m != 1 else "finite", (m,))
+                m, grown = 1.0, False  # the readout's bias: the size of its outputs
+            out[p.name] = MupParam(names, "vector" if grown else "finite", (m,))
         else:
             out[p.name] = MupParam(names, "finite", ())
     return out
@@ -402,15 +416,15 @@ def classify(model: nn.Module, base: nn.Module | Mapping[str, tuple[int, ...]], 
 def prepare(model: nn.Module, roles: Mapping | None, options: dict) -> tuple[Mapping | None, dict]:
     """``apply``'s first step under ``"mup"`` with ``base=``: the readouts become heads (their std falls as
     1/fan_in from the base's fan-in), and a tied readout gets its output multiplier (see ``classify``)."""
-    base, inputs = options.pop("base", None), options.pop("inputs", None)
+    base, inputs, delta = options.pop("base", None), options.pop("inputs", None), options.pop("delta", None)
     if base is None:
-        if inputs is not None:
-            raise ValueError("option inputs traces the readout against a base model: give base= too")
+        if inputs is not None or delta is not None:
+            raise ValueError("options inputs and delta read the model against a base model: give base= too")
         return roles, options
     if options.get("base_width") is not None:
         raise ValueError("give base (the model at its base width) or base_width (an initcore config's width), "
                          "not both")
-    classes = classify(model, base, inputs=inputs, roles=roles)
+    classes = classify(model, base, inputs=inputs, roles=roles, delta=delta)
     heads = [c for c in classes.values() if c.kind == "output"]
     base_fan_ins = {c.base_fan_in for c in heads}
     if len(base_fan_ins) > 1:

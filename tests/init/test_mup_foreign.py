@@ -186,3 +186,26 @@ def test_a_hugging_face_llama_at_two_widths_gets_table_3s_classes() -> None:
     assert classes["model.layers.0.mlp.up_proj.weight"].kind == "output"
     assert classes["model.layers.0.mlp.down_proj.weight"].kind == "input"
     assert [n for n, c in classes.items() if c.readout] == ["lm_head.weight"]
+
+
+def test_at_the_base_width_the_traced_readout_is_still_the_readout() -> None:
+    # Nothing has grown at the base width itself: the trace keeps the readout an output weight, so that
+    # readout="zero" zeroes it at every width of a coordinate check, the base's included.
+    for width in (16, 64):
+        model = init.apply(plain_mlp(width), "mup", base=plain_mlp(16), inputs=X, readout="zero")
+        assert bool((model[4].weight == 0).all()), width
+        assert not bool((model[2].weight == 0).all())
+
+
+def test_delta_tells_what_grows_at_the_base_width() -> None:
+    # A width-sized output (no readout of finite size): at the base width, without delta, the traced last
+    # layer can only be taken as the readout; with delta (set_base_shapes' third model) it is hidden.
+    square, base = plain_mlp(16, head=16), plain_mlp(16, head=16)
+    assert mup.classify(square, base, inputs=X)["4.weight"].kind == "output"
+    classes = mup.classify(square, base, inputs=X, delta=plain_mlp(32, head=32))
+    assert classes["4.weight"].kind == "hidden" and classes["4.weight"].mults == (1.0, 1.0)
+    assert classes["2.bias"].kind == "vector" and classes["4.bias"].kind == "vector"
+    with pytest.raises(ValueError, match="the delta model has no parameter"):
+        mup.classify(square, base, delta=nn.Sequential(nn.Linear(5, 32)))
+    with pytest.raises(ValueError, match="give base= too"):
+        init.param_groups(square, "mup", lr=0.1, delta=plain_mlp(32))
