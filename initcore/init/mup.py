@@ -49,7 +49,7 @@ from torch import nn
 from initcore.init import targets
 from initcore.init.strategies import Context, get, register
 from initcore.models import readout
-from initcore.models.roles import RoledParam, param_roles
+from initcore.models.roles import RoledParam, param_roles, stores_transposed
 
 OPTIMIZERS = ("adam", "adamw", "sgd")  # Adam-like (entrywise-normalized updates) or SGD-like
 READOUTS = ("scaled", "zero")  # the head's init: N(0, gain² base/fan_in²), or 0 (mup's readout_zero_init)
@@ -367,8 +367,10 @@ def classify(model: nn.Module, base: nn.Module | Mapping[str, tuple[int, ...]], 
     """
     shapes = shapes_of(base)
     roled = {p.name: p for p in param_roles(model, roles, strict=False)}
-    # a parameter no module or mapping gives a role: stored (fan_out, fan_in, ...), as torch's layers are
-    params = [roled.get(n) or RoledParam(n, "", p, inferred=True) for n, p in model.named_parameters()]
+    # a parameter no module or mapping gives a role: stored (fan_out, fan_in, ...), as torch's layers are,
+    # but for Hugging Face's Conv1D (in, out)
+    params = [roled.get(n) or RoledParam(n, "", p, inferred=True, transposed=stores_transposed(
+        model.get_submodule(n.rpartition(".")[0]))) for n, p in model.named_parameters()]
     deltas = shapes_of(delta) if delta is not None else None
     for what, known in (("base", shapes), ("delta", deltas or shapes)):
         missing = [p.name for p in params if p.name not in known]

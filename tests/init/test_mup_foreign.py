@@ -209,3 +209,14 @@ def test_delta_tells_what_grows_at_the_base_width() -> None:
         mup.classify(square, base, delta=nn.Sequential(nn.Linear(5, 32)))
     with pytest.raises(ValueError, match="give base= too"):
         init.param_groups(square, "mup", lr=0.1, delta=plain_mlp(32))
+
+
+@needs_zoo
+def test_gpt2s_conv1d_weights_are_read_as_stored_in_out_without_roles() -> None:
+    (model, batch), (base, _) = (zoo.gpt2(0, n_layer=1, n_embd=w, n_head=2, vocab_size=97) for w in (128, 32))
+    with_roles = mup.classify(model, base, inputs=batch, roles=zoo.GPT2_ROLES)
+    without = mup.classify(model, base, inputs=batch)
+    assert with_roles == without
+    # c_fc is (in 128, out 512) as stored: fan-in 128 from base 32
+    fc = without["transformer.h.0.mlp.c_fc.weight"]
+    assert (fc.kind, fc.fan_in, fc.base_fan_in) == ("hidden", 128, 32)
