@@ -278,3 +278,22 @@ def test_bad_precision_input_says_what_is_valid(formats, loss_scale, match):
     with pytest.raises(ValueError, match=match):
         trace_steps(model, batch, torch.optim.Adam(model.parameters(), lr=0.01), 1, _loss, readout=_readout,
                     formats=formats, loss_scale=loss_scale)
+
+
+def test_precision_on_the_device_path_equals_the_hosts(monkeypatch):
+    """Off the CPU the counts stay on the device (precision's torch path, forced here on the CPU): the same table."""
+    from initcore.probe import tracing
+
+    model, batch = _setup()
+    twin = copy.deepcopy(model)
+    host = trace_steps(model, batch, torch.optim.Adam(model.parameters(), lr=0.01), 2, _loss, readout=_readout,
+                       formats=PRECISION_FORMATS, loss_scale=64.0).attrs["precision"]
+    monkeypatch.setattr(precision, "_HOST", False)
+    monkeypatch.setattr(tracing, "_HOST_REDUCTIONS", False)
+    device = trace_steps(twin, batch, torch.optim.Adam(twin.parameters(), lr=0.01), 2, _loss, readout=_readout,
+                         formats=PRECISION_FORMATS, loss_scale=64.0).attrs["precision"]
+    counts = ["step", "module", "tensor", "param", "format", "scaling", "scale", "n", "nonzero", "amax", "flushed",
+              "subnormal", "overflow", "headroom_bits"]
+    pd.testing.assert_frame_equal(host[counts], device[counts], check_exact=True)
+    # mean and std: numpy's pairwise sums against torch's, float32 (1e-5 as tests/probe/test_precision.py)
+    np.testing.assert_allclose(host[["mean", "std"]], device[["mean", "std"]], rtol=1e-5, atol=1e-12)
