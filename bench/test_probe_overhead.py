@@ -14,15 +14,29 @@ The model is the notebook's depth experiment (``experiments.DEPTH_MLP`` with Xav
   backward pass (which still runs): the documented cheap selection (target: <= 1.10 x bare on CPU);
 - ``precision``: ``probe.trace(..., statistics="precision")``: every statistic and the precision table
   (``initcore.probe.precision``: six formats, unscaled and per-tensor scaled, of each output, output
-  gradient, weight and weight gradient); its ratio to ``trace`` in the same run is its cost (issue 21's
-  target: <= 1.15);
+  gradient, weight and weight gradient); its ratio to ``trace`` in the same run is its cost, asserted on
+  the CPU at most ``PRECISION_BOUND`` (see below: issue 21's 1.15 is not reachable on this CPU);
 - ``notebook``: ``analyze_initialization_impact``'s loop, which clones every activation and calls
   ``.item()`` per number.
 
 Each contender but bare also gets its time over bare into ``extra_info["ratio_to_bare"]``, and into the
 end-of-run summary: the median over PAIRS rounds of (contender / bare) timed back to back, so load on a
 shared machine hits both alike. On a 2-core VM single pairs spread by +-10%; the median of 20 still moved
-by 0.1 between runs, that of 80 by about 0.03. Nothing here asserts a time.
+by 0.1 between runs, that of 80 by about 0.03. One time is asserted: precision / trace on the CPU.
+
+What the precision preset costs, measured 2026-12-07 on this 2-core VM (torch 2.13.0+cpu), with
+``pytest bench/test_probe_overhead.py --benchmark-only -p no:cacheprovider -k "precision and cpu"``
+(precision / trace, median of 80 back-to-back pairs): 1.846, 1.889, 1.831, 2.039 and 1.783 at load average
+1.2-2.0 (2 torch threads), 1.616 under OMP_NUM_THREADS=1; the code before this session's counting,
+side by side in the same minutes, 2.079. The quieter the machine, the higher: the trace's matmuls use
+both cores, the counting one. A trace there is 40 tensors (20 of 262k entries, 20 of 32k); what each
+part of the table costs, in CPU time of the thread at 1 torch thread under load 3-5 (a trace 19-20 ms):
+the hooks, the table and the per-tensor Python, counting nothing, 1.07; plus one read of each tensor
+(its |x| bits) 1.18; plus amax, 1.26; plus the mean and std, 1.38-1.43; plus the exact counts at every
+format's keys, 1.72-1.79. One read of each tensor on the host already costs more than the 15% issue 21
+aims at, so the bound asserted is what was measured with a margin for a machine quieter still: 2.5.
+``trace`` and ``lean`` pay nothing for the preset: no precision code runs in them
+(``test_a_trace_that_does_not_ask_for_precision_pays_nothing_for_it``).
 
     pytest bench/test_probe_overhead.py --benchmark-only -p no:cacheprovider
 """
@@ -38,12 +52,14 @@ import torch
 
 from initcore import probe
 from initcore.experiments import DEPTH_INITS, DEPTH_MLP, MLPRun
+from initcore.probe import precision
 from initcore.timing import synchronize
 
 RUN = MLPRun(DEPTH_MLP, DEPTH_INITS["xavier"], batch=64)  # MLP 512 -> 512 x 10, tanh, Xavier uniform
 ROUNDS, WARMUP = 20, 3
 PAIRS = 80  # ~3 s a contender on a CPU; see the module docstring
 CONTENDERS = ("bare", "hooks", "trace", "lean", "precision", "notebook")
+PRECISION_BOUND = 2.5  # precision / trace on the CPU, asserted; measured, and why not 1.15: the module docstring
 
 
 def bare(model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -82,7 +98,7 @@ def lean(model: torch.nn.Module, x: torch.Tensor) -> pd.DataFrame:
     return probe.trace(model, x, statistics="lean")
 
 
-def precision(model: torch.nn.Module, x: torch.Tensor) -> pd.DataFrame:
+def precision_contender(model: torch.nn.Module, x: torch.Tensor) -> pd.DataFrame:
     return probe.trace(model, x, statistics="precision")
 
 
@@ -108,7 +124,7 @@ def notebook(model: torch.nn.Module, x: torch.Tensor) -> list[dict[str, float]]:
     return stats
 
 
-FUNCTIONS = {"bare": bare, "hooks": hooks, "trace": traced, "lean": lean, "precision": precision,
+FUNCTIONS = {"bare": bare, "hooks": hooks, "trace": traced, "lean": lean, "precision": precision_contender,
              "notebook": notebook}
 
 
@@ -162,6 +178,9 @@ def test_probe_overhead(benchmark, contender: str, device: str, model_and_input,
         benchmark.extra_info.update({"ratio_to_trace": ratio})
         summary_line(f"probe overhead, precision / trace on {device}: {ratio:.3f} ({median * 1e3:.2f} ms / "
                      f"{trace_median * 1e3:.2f} ms, median of {PAIRS} back-to-back pairs)")
+        if device == "cpu":  # see PRECISION_BOUND: issue 21's 1.15 is not reachable on a CPU
+            assert ratio <= PRECISION_BOUND, (f"the precision preset costs {ratio:.3f} x a trace on the CPU, past "
+                                              f"{PRECISION_BOUND} (measured 1.6-2.04): profile precision.host_counts")
 
 
 def test_contenders_measure_the_same_pass(device: str, model_and_input) -> None:
@@ -179,6 +198,23 @@ def test_contenders_measure_the_same_pass(device: str, model_and_input) -> None:
     cheap = lean(model, x)  # the same outputs' moments, nothing else
     pd.testing.assert_frame_equal(cheap[["module", "act_mean", "act_std"]], frame[["module", "act_mean", "act_std"]])
     assert cheap.drop(columns=["module", "kind", "layer", "act_mean", "act_std", "act_rms"]).isna().all().all()
+
+
+def test_a_trace_that_does_not_ask_for_precision_pays_nothing_for_it(device: str, model_and_input,
+                                                                    monkeypatch) -> None:
+    # "nothing to a trace that does not ask for it", structurally: without the preset no precision code runs
+    # (no hook of its, no count), so the trace and lean contenders time exactly what they did before it
+    model, x = model_and_input
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("precision code ran in a trace that did not ask for it")
+
+    for name in ("trace", "counts", "host_counts", "device_counts", "_table"):
+        monkeypatch.setattr(precision, name, refuse)
+    for frame in (traced(model, x), lean(model, x), probe.trace(model, x, statistics="forward")):
+        assert "precision" not in frame.attrs
+    with pytest.raises(AssertionError, match="precision code ran"):  # the guard itself can fail
+        precision_contender(model, x)
 
 
 def test_hooks_contender_runs_every_hook_trace_would(device: str, model_and_input, monkeypatch) -> None:
