@@ -13,7 +13,8 @@ Limits come from ``torch.finfo`` (max, smallest normal, bits); the mantissa widt
 exponent range (finfo's eps for float8_e5m2fnuz is 0.125, not the 0.25 its two mantissa bits give), and
 how ties round at each boundary from a cast of the boundary itself. Counting is exact: the float32 bit
 patterns of |x| are ordered as |x| is, so "|x| < t" is "bits < key(t)"; a per-tensor scale is a power of
-two, so x·2^k crosses a boundary exactly where x crosses boundary·2^-k. A float64 tensor is measured
+two, so x·2^k crosses a boundary exactly where x crosses boundary·2^-k: every key of a tensor, of every
+format and both scalings, is counted in one sweep over its bits (``_below``). A float64 tensor is measured
 as float32 (the cast it would take on its way down).
 """
 
