@@ -32,7 +32,7 @@ from torch import nn
 
 from initcore import theory
 from initcore.probe import reduce
-from initcore.probe.select import Selection, first_tensor, points
+from initcore.probe.select import Selection, first_tensor, owned_params, points
 
 # Formats measured, where this torch has them (float8_e8m0fnu, a scale format without zero, is not one).
 KNOWN_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
@@ -351,21 +351,12 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *,
     finally:
         for handle in handles:
             handle.remove()
-    names = {id(p): n for n, p in model.named_parameters()}
-    owner: dict[int, int] = {}  # each parameter once, on the innermost row that holds it
-    for i, point in sorted(enumerate(chosen), key=lambda t: -len(t[1].module_name)):
-        for p in point.params:
-            owner.setdefault(id(p), i)
     with torch.no_grad():
-        for i, point in enumerate(chosen):
-            for p in point.params:
-                if owner[id(p)] != i:
-                    continue
-                ids = (point.name, point.kind, point.layer)
-                param = names.get(id(p), "")
-                found.append(((*ids, "weight", param), 1.0, counts(p, fmts)))
-                if p.grad is not None:
-                    found.append(((*ids, "weight_grad", param), factor, counts(p.grad, fmts, factor)))
+        for point, param, p in owned_params(model, chosen):
+            ids = (point.name, point.kind, point.layer)
+            found.append(((*ids, "weight", param), 1.0, counts(p, fmts)))
+            if p.grad is not None:
+                found.append(((*ids, "weight_grad", param), factor, counts(p.grad, fmts, factor)))
     frame.attrs["precision"] = _table(found, fmts)
     return frame
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from torch import nn
@@ -223,6 +223,20 @@ def _declared(model: nn.Module, names: dict[str, nn.Module]) -> list[Point]:
             found.append(Point(name, decl.kind, _layer(name, blocks), names[target], target, owned, preact,
                                decl.bounded, decl.attention, decl.output, declared=True))
     return found
+
+
+def owned_params(model: nn.Module, chosen: list[Point]) -> Iterator[tuple[Point, str, nn.Parameter]]:
+    """(row, parameter name, parameter) for each parameter of the ``chosen`` rows, once, on the innermost row
+    that holds it (a block's row and its Linear's both hold the Linear's weight: the Linear's row has it)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    owner: dict[int, int] = {}
+    for i, point in sorted(enumerate(chosen), key=lambda t: -len(t[1].module_name)):
+        for p in point.params:
+            owner.setdefault(id(p), i)
+    for i, point in enumerate(chosen):
+        for p in point.params:
+            if owner[id(p)] == i:
+                yield point, names.get(id(p), ""), p
 
 
 def first_tensor(output, key: int | str | None = None, what: str = "output"):

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from initcore.probe.select import Selection, first_tensor, points
+from initcore.probe.select import Selection, first_tensor, owned_params, points
 
 QUANTILE = 0.01  # "low": the 1% quantile of the nonzero |x|, steadier than the smallest, one entry
 COLUMNS = ("module", "kind", "layer", "tensor", "param", "n", "nonzero", "amax", "low", "smallest")
@@ -71,18 +71,11 @@ def spans(model: nn.Module, inputs, loss: str | Callable | None = "random", *, s
     finally:
         for handle in handles:
             handle.remove()
-    names = {id(p): n for n, p in model.named_parameters()}
-    owner: dict[int, int] = {}  # each parameter once, on the innermost row that holds it
-    for i, point in sorted(enumerate(chosen), key=lambda t: -len(t[1].module_name)):
-        for p in point.params:
-            owner.setdefault(id(p), i)
-    for i, point in enumerate(chosen):
-        for p in point.params:
-            if owner[id(p)] == i:
-                ids = (point.name, point.kind, point.layer, names.get(id(p), ""))
-                found.append((*ids[:3], "weight", ids[3], *span_of(p, quantile)))
-                if p.grad is not None:
-                    found.append((*ids[:3], "weight_grad", ids[3], *span_of(p.grad, quantile)))
+    for point, name, p in owned_params(model, chosen):
+        ids = (point.name, point.kind, point.layer, name)
+        found.append((*ids[:3], "weight", ids[3], *span_of(p, quantile)))
+        if p.grad is not None:
+            found.append((*ids[:3], "weight_grad", ids[3], *span_of(p.grad, quantile)))
     table = pd.DataFrame(found, columns=list(COLUMNS))
     table["layer"] = table["layer"].astype(np.int64)
     return table
