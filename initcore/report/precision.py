@@ -109,13 +109,17 @@ def section(runs: ReportRuns, seed: int) -> Section:
     model, inputs = run.build(torch.Generator().manual_seed(seed))
     table = span_table(spans.spans(model, inputs, run.loss, select=run.select, train=run.train))
     table.insert(0, "run", label)
+    cfg = run.model
+    return model_section(table, f"The transformer under {label} ({cfg.n_layers} blocks, d_model {cfg.d_model}, "
+                                f"batch {run.batch} x seq {run.seq_len}, loss {run.loss})")
+
+
+def model_section(table: pd.DataFrame, where: str, name: str = "precision") -> Section:
+    """The figure of a ``span_table``, named ``name``: ``where`` says what model was traced, and how."""
     bounds = limits()
     counted = outside(table, bounds)
-    cfg = run.model
-    where = (f"The transformer under {label} ({cfg.n_layers} blocks, d_model {cfg.d_model}, batch {run.batch} x "
-             f"seq {run.seq_len}, loss {run.loss})")
     return Section(
-        "precision", "Precision: every row's scale against the formats' ranges",
+        name, "Precision: every row's scale against the formats' ranges",
         f"{where}. Each tensor of each row (its output, the gradient wrt it, each parameter and its gradient, "
         "unscaled) as a bar on a log2 scale from the 1% quantile of its nonzero |x| to its largest, with a dot "
         "at its smallest; horizontal lines at each format's max, smallest normal (dashed) and smallest "
@@ -130,4 +134,4 @@ def section(runs: ReportRuns, seed: int) -> Section:
                                 for r in counted.itertuples(index=False))),))
 
 
-__all__ = ["FORMATS", "TENSORS", "draw", "limits", "outside", "section", "span_table", "spans"]
+__all__ = ["FORMATS", "TENSORS", "draw", "limits", "model_section", "outside", "section", "span_table", "spans"]

@@ -703,7 +703,8 @@ def _stream_and_attention(frame: pd.DataFrame, where: str) -> list[Section]:
 def model_sections(label: str, model: torch.nn.Module, inputs, loss="random", select=None) -> list[Section]:
     """The report of one model, any ``nn.Module``: its trace's per-row statistics drawn (scale, gradients with
     the guide's thresholds, dead and saturated fractions, channel statistics), the residual stream and the
-    attention where it has them, its diagnosis, the trace."""
+    attention where it has them, every tensor's log2 span against fp16, bf16 and fp8's ranges, its diagnosis,
+    the trace."""
     frame = probe.trace(model, inputs, loss=loss, select=select, keep_outputs=True)
     outputs = frame.attrs.pop("outputs")
     channels = [channel_statistics(outputs[m]) if m in outputs else (math.nan, math.nan) for m in frame["module"]]
@@ -719,6 +720,8 @@ def model_sections(label: str, model: torch.nn.Module, inputs, loss="random", se
     grads = frame[["module", "kind", "layer", "grad_norm", "out_grad_norm"]]
     fractions = frame[["module", "kind", "layer", "dead_frac", "saturated_frac"]]
     spp = frame[["module", "kind", "layer", "channel_sq_mean", "channel_var"]]
+    from initcore.report import precision  # here: it builds on this module's Section
+    spans = precision.span_table(precision.spans.spans(model, inputs, loss, select=select))
     return [
         *_stream_and_attention(frame, where),
         Section("model_scale", "Activation scale per row",
@@ -750,6 +753,7 @@ def model_sections(label: str, model: torch.nn.Module, inputs, loss="random", se
                 spp, lambda fig, t=spp: draw.model_rows(fig, t, [("channel_sq_mean", "average channel squared mean"),
                                                                  ("channel_var", "average channel variance")],
                                                         "Channel statistics per row"), size=(11.0, 5.0)),
+        precision.model_section(spans, where, "model_precision"),
         Section("model_diagnosis", "Diagnosis (initcore.diagnose)", "Each symptom found, with its evidence and "
                 "first fix; empty means healthy.",
                 found.assign(fix=[diagnose.SYMPTOMS[s].fixes[0].text for s in found["symptom"]])[

@@ -112,7 +112,7 @@ def test_report_of_a_built_in_model(tmp_path, capsys, nothing_runs):
     page = (out / "index.html").read_text()
     assert "Signal propagation at initialization: mlp 16-&gt;16 x3 relu, init kaiming_normal" in page
     assert {p.name for p in out.glob("*.png")} == {"model_scale.png", "model_grad.png", "model_fractions.png",
-                                                   "model_channels.png"}
+                                                   "model_channels.png", "model_precision.png"}
     trace = pd.read_csv(out / "model_trace.csv")
     assert trace["module"].tolist() == ["layers.0", "layers.1", "layers.2"]
 

@@ -217,9 +217,14 @@ def test_model_sections_of_a_sequential():
     x = torch.randn(32, 8)
     found = sections.model_sections("seq", model, x, loss="random")
     names = [s.name for s in found]
-    assert names == ["model_scale", "model_grad", "model_fractions", "model_channels", "model_diagnosis",
-                     "model_trace"]
+    assert names == ["model_scale", "model_grad", "model_fractions", "model_channels", "model_precision",
+                     "model_diagnosis", "model_trace"]
     fresh = probe.trace(model, x, loss="random")
+    spans = found[4].table.set_index(["module", "tensor", "param"])  # each weight's span: its own, log2
+    for i in (0, 2, 4):
+        w = model[i].weight.detach().abs()
+        assert spans.loc[(str(i), "weight", f"{i}.weight"), "log2_amax"] == math.log2(w.max().item())
+        assert spans.loc[(str(i), "weight", f"{i}.weight"), "log2_smallest"] == math.log2(w.min().item())
     trace = found[-1].table
     np.testing.assert_allclose(trace["act_std"], fresh["act_std"], rtol=1e-12)
     np.testing.assert_allclose(found[1].table["grad_norm"], fresh["grad_norm"], rtol=1e-12)
