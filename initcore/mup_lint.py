@@ -42,7 +42,7 @@ from torch import nn
 
 from initcore.init import mup
 from initcore.models import readout
-from initcore.probe.attention import _SDPA_ARGS, SDPAWatch
+from initcore.probe.attention import SDPAWatch
 
 PROBLEMS = ("attention_scale", "readout_init", "tied_init", "tied_multiplier", "optimizer_lr",
             "optimizer_weight_decay")
@@ -132,12 +132,9 @@ class _ScaleWatch(SDPAWatch):
                 self.linear_inputs.setdefault(self.weights[id(w)], (args[0], None))
         return super().__torch_function__(func, types, args, kwargs)
 
-    def _seen(self, args, kwargs) -> None:
-        call = dict(zip(_SDPA_ARGS, args, strict=False))
-        call.update(kwargs or {})
+    def on_sdpa(self, module: nn.Module | None, call: dict) -> None:
         d_head = call["query"].size(-1)
         scale = call.get("scale")
-        module = self._caller()
         self.calls.append((self.names.get(id(module), "?") if module is not None else "?",
                            1 / math.sqrt(d_head) if scale is None else float(scale), d_head))
 

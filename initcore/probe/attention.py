@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from initcore.probe.reduce import Raw, Sink
 
 _SDPA = torch._C._nn.scaled_dot_product_attention  # what F.scaled_dot_product_attention is
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 ATTENTION_STATISTICS = ("logit_std", "attn_entropy", "attn_entropy_norm", "attn_max")
 
 
@@ -101,11 +101,16 @@ class SDPAWatch(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _seen(self, args, kwargs) -> None:
-        call = dict(zip(_SDPA_ARGS, args, strict=False))  # positional arguments, then keywords
-        call.update(kwargs)
+        call = dict(zip(SDPA_ARGS, args, strict=False))  # positional arguments, then keywords
+        call.update(kwargs or {})
+        self.on_sdpa(self._caller(), call)
+
+    def on_sdpa(self, module: nn.Module | None, call: dict) -> None:
+        """One call: the module that made it and its arguments by name (``SDPA_ARGS``). This one computes the
+        logits for ``on_call``; a subclass records what it needs instead (the muP lint, the scale)."""
         att = logits(call["query"], call["key"], call.get("attn_mask"), bool(call.get("is_causal", False)),
                      call.get("scale"), bool(call.get("enable_gqa", False)))
-        self.on_call(self._caller(), att)
+        self.on_call(module, att)
 
     def _caller(self) -> nn.Module | None:
         frame = sys._getframe(2)
@@ -129,4 +134,4 @@ class SDPAWatch(TorchFunctionMode):
             F.scaled_dot_product_attention = _SDPA
 
 
-__all__ = ["ATTENTION_STATISTICS", "SDPAWatch", "attention_raw", "logits"]
+__all__ = ["ATTENTION_STATISTICS", "SDPA_ARGS", "SDPAWatch", "attention_raw", "logits"]
