@@ -148,7 +148,16 @@ def _inferred(module: nn.Module) -> dict[str, str | tuple]:
     for types, roles in INFERRED_ROLES:
         if isinstance(module, types):
             return roles
+    own = dict(module.named_parameters(recurse=False))
+    if _NORM_NAME.search(type(module).__name__) and own and set(own) <= {"weight", "bias"} \
+            and all(p.dim() == 1 for p in own.values()):
+        return {"weight": "norm", "bias": "bias"}  # LlamaRMSNorm, T5LayerNorm: a norm's per-channel scale
     return {}
+
+
+# A norm of a library's own class (Hugging Face's LlamaRMSNorm, Qwen2RMSNorm, T5LayerNorm): by name, and only
+# where its own parameters are a 1-D weight and bias, as torch's norms'.
+_NORM_NAME = re.compile(r"(RMS|Layer|Group|Batch|Instance)Norm(\d+d)?$")
 
 
 def _parse(decl, where: str) -> tuple[str, int, tuple[str, ...], bool | None]:

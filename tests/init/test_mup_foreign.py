@@ -177,7 +177,7 @@ def test_a_hugging_face_llama_at_two_widths_gets_table_3s_classes() -> None:
          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"], "hidden"),
         "input_layernorm.weight": "vector", "post_attention_layernorm.weight": "vector",
         "model.norm.weight": "vector", "lm_head.weight": "output"}
-    init.apply(model, "mup", base=base, inputs=batch, roles={"*norm.weight": "norm"},
+    init.apply(model, "mup", base=base, inputs=batch,  # LlamaRMSNorm: a norm by its name
                generator=torch.Generator().manual_seed(0))
     assert model.lm_head.weight.std().item() == pytest.approx(math.sqrt(64) / 256, rel=0.1)  # 24832 draws
     # A factory that keeps d_ff fixed makes the feed-forward a bottleneck: gate and up are output weights.

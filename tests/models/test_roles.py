@@ -152,3 +152,31 @@ def test_declaring_modules_keep_their_descendants_from_being_guessed():
     model.extra = nn.Linear(4, 4)  # inside a model that declares ROLES: an error, not "hidden"
     with pytest.raises(ValueError, match="parameters 'extra.weight', 'extra.bias' have no role"):
         param_roles(model)
+
+
+class LlamaRMSNorm(nn.Module):  # as Hugging Face writes it: a class of its own, not nn.RMSNorm
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+class T5LayerNorm(LlamaRMSNorm):
+    pass
+
+
+class GateLayerNorm(nn.Module):  # named as a norm, but holds a matrix: not a norm's per-channel scale
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d, d))
+
+
+def test_a_librarys_own_norm_class_is_a_norm_by_its_name_and_its_1d_weight() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), LlamaRMSNorm(8), T5LayerNorm(8))
+    roles = {p.name: (p.role, p.inferred) for p in param_roles(model)}
+    assert roles == {"0.weight": ("hidden", True), "0.bias": ("bias", True), "1.weight": ("norm", True),
+                     "2.weight": ("norm", True)}
+    with pytest.raises(ValueError, match="parameter '0.weight' has no role"):
+        param_roles(nn.Sequential(GateLayerNorm(4)))
