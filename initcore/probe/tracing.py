@@ -284,8 +284,9 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
         select: which modules are rows; see ``initcore.probe.select`` (default: the declarations, else
             every module owning parameters and every activation module).
         statistics: a preset (``PRESETS``: "all", "forward", "lean", "precision": "all" and the table of
-            ``initcore.probe.precision`` in ``frame.attrs["precision"]``) or names of ``STATISTICS``; the
-            hooks take only what these need.
+            ``initcore.probe.precision`` in ``frame.attrs["precision"]``) or names of ``STATISTICS``, with
+            "precision" among them for the table beside those (alone: beside "lean"); the hooks take only
+            what these need.
         train: trace in training mode (True), eval mode (False), or as the model is (None).
         unpack: measure the first floating tensor of a tuple, list, dict or dataclass output; False
             measures bare tensor outputs only (other modules give no output statistics).
@@ -299,19 +300,23 @@ def trace(model: nn.Module, inputs, loss: str | Callable | None = "mean", *, sel
         ValueError: unknown ``loss`` or statistics, a bad selection (see ``select.points``), a selected
             module that returns no tensor, or a reference of another shape; an unknown format, one this
             torch lacks, or a loss scale that is not a positive number (each listing what is valid), or
-            either given without ``statistics="precision"``.
+            either given without "precision" in ``statistics``.
 
     >>> from initcore.models import MLP
     >>> trace(MLP(4, 4, 2), torch.randn(3, 4))[["module", "kind", "layer"]].values.tolist()
     [['layers.0', 'linear', 0], ['layers.1', 'linear', 1]]
     """
-    if isinstance(statistics, str) and statistics == "precision":  # every statistic, and the precision table
-        from initcore.probe import precision
+    named = not isinstance(statistics, str) and isinstance(statistics, Iterable)
+    if statistics == "precision" or (named and "precision" in (statistics := list(statistics))):
+        from initcore.probe import precision  # every statistic (or those named), and the precision table
+
+        rest = "all" if isinstance(statistics, str) else [s for s in statistics if s != "precision"] or "lean"
         return precision.trace(model, inputs, loss, formats=formats, loss_scale=1.0 if loss_scale is None
-                               else loss_scale, select=select, train=train, unpack=unpack,
+                               else loss_scale, select=select, statistics=rest, train=train, unpack=unpack,
                                keep_outputs=keep_outputs, reference=reference)
     if formats is not None or loss_scale is not None:
         raise ValueError(f"formats and loss_scale are the precision table's: pass statistics=\"precision\" "
+                         "(or \"precision\" among the names) "
                          f"(got statistics={statistics!r})")
     loss_fn = _loss_fn(loss)
     wanted = statistics_of(statistics) | ({"act_change_rms"} if reference is not None else set())

@@ -130,6 +130,21 @@ def test_the_probe_takes_the_formats_and_loss_scale() -> None:
     assert set(everything.loc[everything["scaling"] == "none", "scale"]) == {1.0}
 
 
+def test_precision_among_named_statistics_gives_the_table_beside_those_alone() -> None:
+    model, x = MLP(4, 8, 2), torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    named = probe.trace(model, x, statistics=["act_std", "grad_norm", "precision"], formats="float16")
+    alone = probe.trace(model, x, statistics=("precision",), formats="float16")
+    direct = precision.trace(model, x, formats="float16")
+    for frame in (named, alone):
+        pd.testing.assert_frame_equal(frame.attrs["precision"], direct.attrs["precision"])
+    plain, lean = (probe.trace(model, x, statistics=s) for s in (["act_std", "grad_norm"], "lean"))
+    assert "precision" not in plain.attrs and named["act_std"].notna().all() and named["act_mean"].isna().all()
+    for frame, same in ((named, plain), (alone, lean)):  # the frame is the one the names (or "lean") give
+        frame = frame.copy()
+        frame.attrs = {}
+        pd.testing.assert_frame_equal(frame, same)
+
+
 def test_the_probe_lists_what_is_valid(monkeypatch) -> None:
     model, x = MLP(4, 8, 2), torch.randn(3, 4)
     for kwargs, message in (({"formats": "float9"}, r"unknown format 'float9'; valid: float16, bfloat16, float8_e4m"),
