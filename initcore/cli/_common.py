@@ -204,12 +204,9 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
     m.add_argument("--in-features", type=positive_int, action=Given, default=None,
                    help="input size; default: --width")
     t = parser.add_argument_group("transformer (--model transformer | torch_mha_transformer)")
-    for option in ("vocab-size", "d-model", "n-heads", "d-ff", "n-layers", "seq-len"):
-        default = TRANSFORMER[option.replace("-", "_")]
-        t.add_argument(f"--{option}", type=positive_int, action=Given, default=default, help=f"default {default}")
+    add_transformer_sizes(t, {**TRANSFORMER, "ffn": "relu"}, (*TRANSFORMER_SIZES, "seq-len"))
     t.add_argument("--norm", choices=NORMS, action=Given, default="layernorm", help="default: layernorm")
     t.add_argument("--norm-position", choices=NORM_POSITIONS, action=Given, default="pre", help="default: pre")
-    t.add_argument("--ffn", choices=FFNS, action=Given, default="relu", help="default: relu")
     t.add_argument("--causal", action=GivenFlag, help="causal attention mask")
     u = parser.add_argument_group("a model of yours (--model package.module:factory returning only the model)")
     u.add_argument("--input-shape", type=shape, action=Given, default=None, metavar="B,...",
@@ -217,6 +214,22 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str | None
                         "token ids, e.g. 8,32")
     u.add_argument("--vocab", type=positive_int, action=Given, default=None, metavar="N",
                    help="with --input-shape: integer token ids uniform in [0, N)")
+
+
+TRANSFORMER_SIZES = ("vocab-size", "d-model", "n-heads", "d-ff", "n-layers")
+_SIZE_HELP = {"vocab-size": "vocabulary", "d-model": "width", "n-heads": "heads", "d-ff": "feed-forward width",
+              "n-layers": "blocks", "seq-len": "tokens per sequence"}
+
+
+def add_transformer_sizes(group, defaults: dict, options: tuple[str, ...] = TRANSFORMER_SIZES) -> None:
+    """initcore's transformer's size options (positive integers) and ``--ffn``, on ``group``, with their
+    defaults (``defaults``: ``d_model``, ..., ``ffn``), as ``trace``, ``report`` and ``shards`` take them."""
+    for option in options:
+        default = defaults[option.replace("-", "_")]
+        group.add_argument(f"--{option}", type=positive_int, action=Given, default=default,
+                           help=f"{_SIZE_HELP[option]} (default {default})")
+    group.add_argument("--ffn", choices=FFNS, action=Given, default=defaults["ffn"],
+                       help=f"feed-forward (default {defaults['ffn']})")
 
 
 def strategy_of(args: argparse.Namespace) -> str | None:

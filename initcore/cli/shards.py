@@ -18,7 +18,7 @@ import sys
 import pandas as pd
 
 from initcore.cli import _factory
-from initcore.cli._common import Given, GivenFlag, given, integer_in, positive_int, strategy
+from initcore.cli._common import Given, GivenFlag, add_transformer_sizes, given, integer_in, strategy
 from initcore.cli._roles import add_roles_option, cli_words
 from initcore.distributed import (
     EMBEDDINGS,
@@ -32,7 +32,7 @@ from initcore.distributed import (
 from initcore.distributed.launch import BACKENDS
 from initcore.experiments import SMALL_TRANSFORMER
 from initcore.models import TransformerConfig
-from initcore.models.transformer import ATTENTIONS, FFNS
+from initcore.models.transformer import ATTENTIONS
 
 MAX_WORLD_SIZE = 64  # ranks are processes on this machine (gloo) or one GPU each (nccl)
 LINE_WIDTH = 120
@@ -103,17 +103,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the naive recipe instead: nn.init on the shards after seeding every rank alike")
     cfg = SMALL_TRANSFORMER
     t = p.add_argument_group("initcore's transformer")
-    t.add_argument("--n-layers", type=positive_int, action=Given, default=cfg.n_layers,
-                   help=f"blocks (default {cfg.n_layers})")
-    t.add_argument("--d-model", type=positive_int, action=Given, default=cfg.d_model,
-                   help=f"width (default {cfg.d_model})")
-    t.add_argument("--n-heads", type=positive_int, action=Given, default=cfg.n_heads,
-                   help=f"heads (default {cfg.n_heads})")
-    t.add_argument("--d-ff", type=positive_int, action=Given, default=cfg.d_ff,
-                   help=f"feed-forward width (default {cfg.d_ff})")
-    t.add_argument("--vocab-size", type=positive_int, action=Given, default=cfg.vocab_size,
-                   help=f"vocabulary (default {cfg.vocab_size})")
-    t.add_argument("--ffn", choices=FFNS, action=Given, default=cfg.ffn, help=f"feed-forward (default {cfg.ffn})")
+    add_transformer_sizes(t, {k: getattr(cfg, k) for k in ("vocab_size", "d_model", "n_heads", "d_ff", "n_layers",
+                                                           "ffn")})
     t.add_argument("--attention", choices=ATTENTIONS, action=Given, default=cfg.attention,
                    help=f"sdpa (separate q, k, v) or torch_mha (packed; fsdp only) (default {cfg.attention})")
     return p
